@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast setup system-deps doctor bench clean
+
+demo: setup
+	$(VENV)/bin/circuits demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+doctor: setup
+	$(VENV)/bin/circuits doctor
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@bash scripts/system_deps.sh
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+bench: setup
+	$(PY) benchmarks/capture_overhead.py
+
+clean:
+	rm -rf out .pytest_cache
