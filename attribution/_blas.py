@@ -118,26 +118,43 @@ def preload() -> BlasState:
 
 
 def _preload() -> BlasState:
-    if not sys.platform.startswith("linux"):
+    def load(path: str) -> None:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+    linux = sys.platform.startswith("linux")
+    if linux and _has_avx512():
+        # OpenBLAS 0.3.21 misdetects newer AVX-512 cores and falls back to slow kernels.
+        os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+    return decide(
+        linux=linux,
+        disabled=os.environ.get(DISABLE_ENV, "") not in ("", "0"),
+        mapped=mapped_blas() if linux else None,
+        mlx_imported="mlx.core" in sys.modules,
+        paths=candidates() if linux else [],
+        load=load,
+    )
+
+
+def decide(*, linux: bool, disabled: bool, mapped: str | None, mlx_imported: bool,
+           paths: list[str], load) -> BlasState:
+    """Pure decision of ``preload`` (steps 1-5), with the loader injected for tests."""
+    if not linux:
         return BlasState("not-linux", None, "not Linux: MLX uses Accelerate/Metal")
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+    if disabled:
         return BlasState("disabled", None, f"{DISABLE_ENV} is set: BLAS preload skipped")
-    already = mapped_blas()
-    if already:
-        return BlasState("already-loaded", already, f"optimised BLAS already in process: {already}")
-    if "mlx.core" in sys.modules:
+    if mapped:
+        return BlasState("already-loaded", mapped, f"optimised BLAS already in process: {mapped}")
+    if mlx_imported:
         return BlasState(
             "too-late", None,
             "mlx.core was imported before mlx-circuits, so MLX is bound to its slow reference "
             "BLAS (~5 GFLOP/s). Import attribution/sae/circuits/viz before mlx, or run with "
             f"LD_PRELOAD=<libopenblas.so.0>; {INSTALL_HINT}.",
         )
-    if _has_avx512():
-        os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
     errors = []
-    for path in candidates():
+    for path in paths:
         try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            load(path)
         except OSError as exc:
             errors.append(f"{path}: {exc}")
             continue

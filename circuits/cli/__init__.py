@@ -1,0 +1,50 @@
+"""The ``circuits`` command line.
+
+Algorithm:
+  1. Build one argparse parser with a sub-parser per subcommand (each in its
+     own module under ``circuits.cli``, registering ``add_parser``/``run``).
+  2. Parse; global flags ``--quiet``, ``--json`` and ``--debug`` apply to all.
+  3. Run the subcommand. Any exception becomes one clear line on stderr and a
+     non-zero exit code; ``--debug`` re-raises to show the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from circuits.cli import doctor as _doctor
+from circuits.cli import demo as _demo
+
+_COMMANDS = {"doctor": _doctor, "demo": _demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser (also used by tests and the README generator)."""
+    p = argparse.ArgumentParser(prog="circuits", description=__doc__.splitlines()[0])
+    p.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
+    p.add_argument("--json", action="store_true", help="print results as one JSON object")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, mod in _COMMANDS.items():
+        mod.add_parser(sub, name)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``circuits`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_COMMANDS[args.command].run(args) or 0)
+    except KeyboardInterrupt:
+        print("circuits: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line; traceback only with --debug
+        if args.debug:
+            raise
+        print(f"circuits {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
