@@ -9,5 +9,21 @@ from attribution import _blas
 _blas.preload()
 
 from attribution.sites import SITE_KINDS, Site, SiteError  # noqa: E402
+from attribution.errors import (  # noqa: E402
+    AttributionError, ContextLengthError, EmptySequenceError, InterventionError,
+    LayerRangeError, ModelNotFoundError, NotAModelError, SiteKindError, TokenRangeError,
+    UnsupportedArchitectureError,
+)
+from attribution.model import (  # noqa: E402
+    Ablate, Add, Intervention, Model, Patch, Replace, RunResult, Scale, capture, frozen,
+    intervene, load_model, run, site_grads,
+)
 
-__all__ = ["SITE_KINDS", "Site", "SiteError"]
+__all__ = [
+    "SITE_KINDS", "Site", "SiteError",
+    "AttributionError", "ContextLengthError", "EmptySequenceError", "InterventionError",
+    "LayerRangeError", "ModelNotFoundError", "NotAModelError", "SiteKindError",
+    "TokenRangeError", "UnsupportedArchitectureError",
+    "Ablate", "Add", "Intervention", "Model", "Patch", "Replace", "RunResult", "Scale",
+    "capture", "frozen", "intervene", "load_model", "run", "site_grads",
+]

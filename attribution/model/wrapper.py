@@ -1,0 +1,265 @@
+"""``Model``: a thin, typed view of an mlx-lm model, and ``load_model``.
+
+The mlx-lm module is kept unchanged at ``model.module``; the wrapper only
+reads it. Residual-stream conventions:
+
+  resid_pre[0] = W_E[tokens] * embed_scale (+ W_pos[positions] for gpt2)
+  logits       = softcap(final_norm(resid_post[-1]) @ W_U)
+  softcap(z)   = c * tanh(z / c) for gemma2 (c = final_logit_softcapping),
+                 identity otherwise; so ``W_U`` is linear in the norm output
+                 only up to that elementwise cap.
+
+Algorithm (``load_model``):
+  1. Check the path exists and holds config.json with a ``model_type`` and
+     safetensors weights, else raise a specific error naming the fix.
+  2. Load weights and config with ``mlx_lm.utils.load_model`` (offline).
+  3. Load the tokenizer: the class named in tokenizer_config.json when it is
+     the generic fast tokenizer (transformers 5 would otherwise pick a
+     model-type tokenizer class that rewrites our word-level pre-tokenizer),
+     else ``mlx_lm.utils.load_tokenizer``.
+  4. Wrap: locate blocks, attention/MLP/norm handles, embeddings, final norm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import cached_property
+from pathlib import Path
+
+import mlx.core as mx
+
+from attribution.errors import ModelNotFoundError, NotAModelError, UnsupportedArchitectureError
+from attribution.model.arch import LayerHandles, find_attr, inner_model, layer_handles
+from attribution.model.tokens import as_tokens
+
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+class Model:
+    """An mlx-lm causal LM with named dimensions, weights and hook handles."""
+
+    def __init__(self, module, config: dict, tokenizer, path: Path | None = None) -> None:
+        self.module = module
+        self.config = dict(config)
+        self.tokenizer = tokenizer
+        self.path = path
+        self.arch: str = str(config.get("model_type", type(module).__module__.rsplit(".", 1)[-1]))
+        self._handles: tuple = ((), [])
+        inner = inner_model(module)
+        self._embedding = find_attr(
+            inner, ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embed_in"))
+        if self._embedding is None or not self.layers:
+            raise UnsupportedArchitectureError(
+                f"cannot find the token embedding or the blocks of {type(module).__module__}; "
+                "add the attribute names to attribution/model/wrapper.py and arch.py"
+            )
+        self._pos_embedding = find_attr(inner, ("wpe", "embed_positions"))
+        self.final_norm = find_attr(inner, ("norm", "ln_f", "final_layernorm", "norm_f", "final_layer_norm"))
+        attn = self.layers[0].attn if self.layers else None
+        self.n_layers = len(self.layers)
+        self.n_heads = int(_first(attn, ("n_heads", "n_head", "num_heads"), config,
+                                  ("num_attention_heads", "n_head")))
+        self.n_kv_heads = int(_first(attn, ("n_kv_heads", "num_key_value_heads"), config,
+                                     ("num_key_value_heads",)) or self.n_heads)
+        self.d_model = int(config.get("hidden_size") or config.get("n_embd")
+                           or _dense_weight(self._embedding).shape[1])
+        self.d_head = int(_first(attn, ("head_dim",), config, ("head_dim",))
+                          or self.d_model // self.n_heads)
+        self.vocab_size = int(_dense_weight(self._embedding).shape[0])
+        ctx = config.get("max_position_embeddings") or config.get("n_positions") or config.get("n_ctx")
+        self.max_context: int | None = int(ctx) if ctx else None
+
+    @property
+    def layers(self) -> list[LayerHandles]:
+        """Per-block handles (``.block``, ``.attn``, ``.mlp``, ``.norms``, ...).
+
+        Rebuilt when a block's or attention's children are replaced (e.g. an MLP
+        swapped for a transcoder), so hooks always attach to the live modules.
+        """
+        blocks = self.module.layers
+        key = tuple(_child_ids(b) for b in blocks)
+        if key != self._handles[0]:
+            self._handles = (key, [layer_handles(i, b) for i, b in enumerate(blocks)])
+        return self._handles[1]
+
+    # ----------------------------------------------------------------- tokens
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        """Token ids of ``text``; ``bos`` keeps/adds the BOS token, False removes it."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=True))
+        bos_id = getattr(self.tokenizer, "bos_token_id", None)
+        if bos_id is None:
+            return ids
+        has = bool(ids) and ids[0] == bos_id
+        if bos and not has:
+            ids = [bos_id] + ids
+        elif not bos and has:
+            ids = ids[1:]
+        return ids
+
+    def decode(self, ids) -> str:
+        """Text of a 1-D id sequence."""
+        return self.tokenizer.decode([int(i) for i in _flat(ids)])
+
+    def to_str_tokens(self, ids) -> list[str]:
+        """One string per token id."""
+        return [self.tokenizer.decode([int(i)]) for i in _flat(ids)]
+
+    # ---------------------------------------------------------------- forward
+    def __call__(self, tokens) -> mx.array:
+        """Logits [B,T,V] of int tokens [B,T] (a 1-D sequence gets a batch axis)."""
+        return self.module(as_tokens(tokens, self))
+
+    def embed(self, tokens) -> mx.array:
+        """The residual-stream input resid_pre[0] [B,T,d], computed by the model itself."""
+        from attribution.model.run import capture
+        from attribution.sites import Site
+
+        site = Site(0, "resid_pre")
+        return capture(self, tokens, [site])[site]
+
+    # ---------------------------------------------------------------- weights
+    @property
+    def W_E(self) -> mx.array:
+        """Token embedding [vocab, d] (before ``embed_scale``)."""
+        return _dense_weight(self._embedding)
+
+    @property
+    def W_pos(self) -> mx.array | None:
+        """Learned position embedding [n_positions, d] (gpt2), else None (rotary)."""
+        return None if self._pos_embedding is None else _dense_weight(self._pos_embedding)
+
+    @cached_property
+    def embed_scale(self) -> float:
+        """Factor on W_E rows in resid_pre[0]: sqrt(d) for Gemma (bf16-rounded in gemma3), else 1."""
+        if not self.arch.startswith("gemma"):
+            return 1.0
+        s = math.sqrt(self.d_model)
+        return float(mx.array(s, mx.bfloat16).astype(mx.float32)) if self.arch.startswith("gemma3") else s
+
+    @property
+    def W_U(self) -> mx.array:
+        """Unembedding [d, vocab]: logits = softcap(final_norm(h) @ W_U) (tied -> W_E.T)."""
+        head = find_attr(self.module, ("lm_head",))
+        if head is None:
+            head = find_attr(inner_model(self.module), ("embed_out",))
+        return (_dense_weight(head) if head is not None else self.W_E).T
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """Gemma2's final logit softcap c (logits = c*tanh(z/c)), else None."""
+        cap = getattr(self.module, "final_logit_softcapping", None)
+        return float(cap) if cap else None
+
+    def W_O(self, layer: int) -> mx.array:
+        """Per-head output projection [H, dh, d] of ``layer``: attn = sum_h z_h @ W_O[h] (+ bias).
+
+        For Gemma2/3 the residual contribution is post_attention_layernorm of
+        that sum, so head writes into the residual are not additive there.
+        """
+        from attribution.model.run import check_layer
+
+        check_layer(self, layer)
+        w = _dense_weight(self.layers[layer].out_proj)  # [d, H*dh] (nn.Linear layout)
+        return w.T.reshape(self.n_heads, self.d_head, self.d_model)
+
+    def __repr__(self) -> str:
+        return (f"Model(arch={self.arch!r}, n_layers={self.n_layers}, d_model={self.d_model}, "
+                f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, vocab={self.vocab_size})")
+
+
+def _child_ids(block) -> tuple:
+    """Identity of a block's children and its attention's children (cheap fingerprint)."""
+    ids = [id(block)] + [id(v) for v in block.values()]
+    for name in ("self_attn", "attn", "attention", "self_attention"):
+        if name in block and isinstance(block[name], dict):
+            ids += [id(v) for v in block[name].values()]
+    return tuple(ids)
+
+
+def _first(module, attrs, config, keys):
+    """The first set attribute of ``module`` among ``attrs``, else config value, else None."""
+    for a in attrs:
+        v = getattr(module, a, None) if module is not None else None
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    for k in keys:
+        if config.get(k):
+            return config[k]
+    return None
+
+
+def _flat(ids) -> list:
+    if isinstance(ids, mx.array):
+        ids = ids.tolist()
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, int):
+        return [ids]
+    if ids and isinstance(ids[0], list):
+        if len(ids) != 1:
+            raise ValueError("pass one sequence of token ids, not a batch")
+        ids = ids[0]
+    return list(ids)
+
+
+def _dense_weight(module) -> mx.array:
+    """The module's weight, dequantised if it is a quantized layer."""
+    if "scales" in module:
+        return mx.dequantize(module.weight, module.scales, module.get("biases"),
+                             group_size=module.group_size, bits=module.bits)
+    return module.weight
+
+
+def _check_dir(path: Path) -> dict:
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model path {str(path)!r} does not exist; pass a local mlx-lm model directory "
+            "(config.json + *.safetensors + tokenizer files), e.g. one made by "
+            "attribution.tiny.make_tiny_model"
+        )
+    cfg_path = path / "config.json"
+    if not path.is_dir() or not cfg_path.exists():
+        raise NotAModelError(
+            f"{str(path)!r} is not an mlx-lm model directory: no config.json; point load_model "
+            "at the folder holding config.json, *.safetensors and the tokenizer files"
+        )
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NotAModelError(f"{cfg_path} is not valid JSON ({exc}); fix or regenerate it") from exc
+    if "model_type" not in config:
+        raise NotAModelError(f"{cfg_path} has no 'model_type'; it is not an mlx-lm/HF model config")
+    if not list(path.glob("model*.safetensors")):
+        raise NotAModelError(
+            f"{str(path)!r} has no model*.safetensors weights; convert the checkpoint with "
+            "`mlx_lm.convert` or save it with mlx_lm.utils.save_model"
+        )
+    return config
+
+
+def _load_tokenizer(path: Path):
+    tok_cfg = path / "tokenizer_config.json"
+    cls_name = json.loads(tok_cfg.read_text()).get("tokenizer_class") if tok_cfg.exists() else None
+    if cls_name in _GENERIC_TOKENIZERS and (path / "tokenizer.json").exists():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    from mlx_lm.utils import load_tokenizer
+
+    return load_tokenizer(path)._tokenizer
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Load a local mlx-lm model directory (weights, config, tokenizer) as a ``Model``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    p = Path(path).expanduser()
+    _check_dir(p)
+    from mlx_lm.utils import load_model as mlx_load_model
+
+    try:
+        module, config = mlx_load_model(p)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise NotAModelError(f"mlx-lm could not load {str(p)!r}: {exc}") from exc
+    return Model(module, config, _load_tokenizer(p), path=p)
