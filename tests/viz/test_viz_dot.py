@@ -1,0 +1,195 @@
+"""DOT text of circuits: node/edge counts, colours, widths, rows, determinism, golden file,
+escaping, supernodes (hand and automatic) and component circuits.
+
+The DOT is parsed back with regexes (it is our own deterministic format) and compared
+with independent computations on the Graph (``graph.edges()``, pandas group-bys)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from viz_synthetic import make_circuit
+
+from attribution.graph import FeatureNode, Graph
+from viz import CircuitStyle, VizError, auto_supernodes, component_to_dot, to_dot
+from viz.errors import SchemaError
+from viz.style import NEGATIVE, POSITIVE
+
+GOLDEN = Path(__file__).parent / "golden"
+NODE_RE = re.compile(r'^    "([^"]+)" \[shape="(\w+)"', re.MULTILINE)
+EDGE_RE = re.compile(
+    r'^  "([^"]+)" -> "([^"]+)" \[color="(#[0-9A-Fa-f]{6})[0-9A-Fa-f]{2}", penwidth=([\d.]+)', re.MULTILINE)
+
+
+def parse(dot: str):
+    nodes = {n: shape for n, shape in NODE_RE.findall(dot) if not n.startswith("_")}
+    edges = {(s, t): (c, float(w)) for s, t, c, w in EDGE_RE.findall(dot)}
+    return nodes, edges
+
+
+def test_nodes_edges_colours_widths(circuit):
+    dot = to_dot(circuit)
+    nodes, edges = parse(dot)
+    assert set(nodes) == set(circuit.nodes["key"])
+    shapes = dict(zip(circuit.nodes["key"], circuit.nodes["type"]))
+    want = {"feature": "box", "error": "diamond", "token": "house", "logit": "octagon"}
+    assert all(nodes[k] == want[shapes[k]] for k in nodes)
+    ref = circuit.edges()
+    assert len(edges) == len(ref) == circuit.n_edges
+    style = CircuitStyle()
+    for s, t, w in ref.itertuples(index=False):
+        colour, width = edges[(s, t)]
+        assert colour == (POSITIVE if w > 0 else NEGATIVE)
+        assert style.min_width <= width <= style.max_width
+    # width is monotone in |weight| and the clip saturates at the 95% quantile
+    absw = ref["weight"].abs().to_numpy()
+    widths = np.array([edges[(s, t)][1] for s, t in zip(ref["source"], ref["target"])])
+    order = np.argsort(absw)
+    assert (np.diff(widths[order]) >= -0.011).all()
+    assert widths.max() == pytest.approx(style.max_width)
+    assert "rankdir=\"BT\"" in dot and "positive effect" in dot and "negative effect" in dot
+
+
+def test_rows_are_layers_bottom_to_top(circuit):
+    dot = to_dot(circuit)
+    layer = dict(zip(circuit.nodes["key"], circuit.nodes["layer"]))
+    blocks = re.findall(r"subgraph row_(\d+) \{\n    rank=same;\n(.*?)\n  \}", dot, re.DOTALL)
+    seen = []
+    for _, body in blocks:
+        layers = {layer[n] for n, _ in NODE_RE.findall(body) if not n.startswith("_")}
+        assert len(layers) == 1
+        seen.append(layers.pop())
+    assert seen == sorted(seen) and seen[0] == -1 and seen[-1] == circuit.n_layers
+
+
+def test_deterministic_and_order_independent(circuit):
+    a = to_dot(circuit)
+    assert a == to_dot(circuit)
+    # rebuild from reversed key order (logits keep theirs: it is part of the graph): same DOT
+    keys = [k for k in circuit.keys if k.kind != "logit"][::-1] + circuit.nodes_of("logit")
+    idx = [circuit.index(k) for k in keys]
+    adj = circuit.adjacency[idx][:, idx]
+    t = circuit.nodes.iloc[idx]
+    logits = [k for k in keys if k.kind == "logit"]
+    lw = [circuit.logit_weights[circuit.nodes_of("logit").index(k)] for k in logits]
+    g2 = Graph.from_keys(keys, sp.csr_matrix(adj), t["activation"].tolist(), lw, circuit.metadata,
+                         token=t["token"].tolist(), logit_prob=t["logit_prob"].tolist(), label=t["label"].tolist())
+    assert to_dot(g2) == a
+
+
+def test_golden_file():
+    g = make_circuit(n_layers=2, n_pos=3, per_layer=2, n_errors=1, seed=3)
+    feats = g.nodes_of("feature")
+    dot = to_dot(g, descriptions={feats[0]: "top: ' Paris', ' France'", str(feats[1]): "logit: +Mary"})
+    path = GOLDEN / "small_circuit.dot"
+    if os.environ.get("VIZ_UPDATE_GOLDEN"):
+        path.write_text(dot, encoding="utf-8")
+    assert dot == path.read_text(encoding="utf-8"), "DOT changed; rerun with VIZ_UPDATE_GOLDEN=1 if intended"
+
+
+def test_labels_descriptions_and_escaping(circuit):
+    f = next(k for k in circuit.nodes_of("feature") if circuit.nodes["label"].iat[circuit.index(k)] == "")
+    hostile = '<script>"]; evil -> x {&\\'
+    dot = to_dot(circuit, descriptions={f: hostile})
+    assert "&lt;script&gt;&quot;]; evil -&gt; x {&amp;" in dot  # escaped inside the HTML label
+    nodes, edges = parse(dot)
+    assert set(nodes) == set(circuit.nodes["key"]) and len(edges) == circuit.n_edges  # nothing injected
+    assert f"L{f.layer} · #{f.feature}" in dot
+    assert to_dot(SimpleNamespace(graph=circuit)) == to_dot(circuit)
+    with pytest.raises(VizError):
+        to_dot(object())
+
+
+def _expected_aggregate(graph: Graph, groups: dict[str, list[str]]) -> dict[tuple[str, str], float]:
+    member = {m: f"super:{g}" for g, ms in groups.items() for m in ms}
+    df = graph.edges()
+    df["s"] = df["source"].map(lambda k: member.get(k, k))
+    df["t"] = df["target"].map(lambda k: member.get(k, k))
+    df = df[df["s"] != df["t"]]
+    sums = df.groupby(["s", "t"])["weight"].sum()
+    return {k: v for k, v in sums.items() if v != 0}
+
+
+def test_hand_supernodes_aggregate_edges(circuit):
+    feats = [str(k) for k in circuit.nodes_of("feature")]
+    groups = {"say Mary": feats[2:5], "names": feats[8:10]}
+    dot = to_dot(circuit, CircuitStyle(supernodes=groups))
+    nodes, edges = parse(dot)
+    assert {"super:say Mary", "super:names"} <= set(nodes)
+    assert not set(feats[2:5] + feats[8:10]) & set(nodes)
+    want = _expected_aggregate(circuit, groups)
+    assert set(edges) == set(want)
+    for k, w in want.items():
+        assert edges[k][0] == (POSITIVE if w > 0 else NEGATIVE)
+    assert "grouped by hand" in dot
+    with pytest.raises(VizError):
+        to_dot(circuit, CircuitStyle(supernodes={"a": feats[:2], "b": feats[1:3]}))
+
+
+def test_auto_supernodes_by_vectors_and_coactivation(circuit):
+    feats = circuit.nodes_of("feature")
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(2, 32))
+    cluster = {0: 0, 1: 0, 2: 0, 5: 1, 6: 1}  # feature index -> cluster; the others near-orthogonal
+    vecs = np.array([base[cluster[i]] + 0.01 * rng.normal(size=32) if i in cluster
+                     else 100 * np.eye(32)[i] + rng.normal(size=32) for i in range(len(feats))])
+    auto = auto_supernodes(circuit, vectors=vecs, threshold=0.9)
+    got = sorted(sorted(v) for v in auto.groups.values())
+    assert got == sorted([sorted(str(feats[i]) for i in (0, 1, 2)), sorted(str(feats[i]) for i in (5, 6))])
+    dot = to_dot(circuit, auto.apply())
+    assert "automatic: decoder cosine &gt;= 0.90" in dot and "dashed" in dot and "· auto" in dot
+    by_map = auto_supernodes(circuit, vectors={str(f): v for f, v in zip(feats, vecs)}, threshold=0.9)
+    assert dict(by_map.groups) == dict(auto.groups)
+    pattern = np.zeros((len(feats), 40))
+    pattern[[3, 4], :10] = 1.0
+    pattern[[7], 20:] = 1.0
+    co = auto_supernodes(circuit, coactivation=pattern, threshold=0.5)
+    assert [sorted(v) for v in co.groups.values()] == [sorted([str(feats[3]), str(feats[4])])]
+    with pytest.raises(VizError):
+        auto_supernodes(circuit)
+    with pytest.raises(VizError):
+        auto_supernodes(circuit, vectors=vecs[:3])
+
+
+COMP_NODES = pd.DataFrame({"name": ["embed", "L0.H1", "L0.H3", "L0.MLP", "L1.H0", "L1.MLP", "logits"],
+                           "score": [1.0, 0.4, 0.8, 0.3, 0.9, 0.5, 1.0],
+                           "label": ["", "prev token", "", "", "induction", "", ""]})
+COMP_EDGES = pd.DataFrame({"source": ["embed", "L0.H3", "L0.H3", "L1.H0", "L0.MLP", "L1.MLP", "embed"],
+                           "target": ["L0.H3", "L1.H0", "L0.MLP", "logits", "L1.MLP", "logits", "L1.MLP"],
+                           "weight": [1.0, 2.0, 0.4, 3.0, 0.2, -0.5, -0.4]})
+
+
+def test_component_circuit():
+    dot = component_to_dot(COMP_NODES, COMP_EDGES, title="induction")
+    nodes, edges = parse(dot)
+    assert set(nodes) == set(COMP_NODES["name"])
+    assert nodes["L0.H1"] == "ellipse" and nodes["L0.MLP"] == "box" and nodes["embed"] == "house"
+    assert len(edges) == len(COMP_EDGES)
+    for s, t, w in COMP_EDGES.itertuples(index=False):
+        assert edges[(s, t)][0] == (POSITIVE if w > 0 else NEGATIVE)
+    rows = {n: int(r) for r, body in re.findall(r"subgraph row_(\d+) \{\n(.*?)\n  \}", dot, re.DOTALL)
+            for n, _ in NODE_RE.findall(body)}
+    order = ["embed", "L0.H1", "L0.MLP", "L1.H0", "L1.MLP", "logits"]
+    assert [rows[n] for n in order] == sorted(rows[n] for n in order) and rows["L0.H1"] == rows["L0.H3"]
+    assert len({rows[n] for n in order}) == len(order)
+    assert dot == component_to_dot(COMP_NODES.iloc[::-1], COMP_EDGES.iloc[::-1], title="induction")
+    with pytest.raises(SchemaError):
+        component_to_dot(pd.DataFrame({"name": ["L0.X"]}), COMP_EDGES.iloc[:0])
+    with pytest.raises(SchemaError):
+        component_to_dot(COMP_NODES.iloc[:2], COMP_EDGES)
+
+
+def test_style_validation():
+    with pytest.raises(VizError):
+        CircuitStyle(min_width=5, max_width=1)
+    with pytest.raises(VizError):
+        CircuitStyle(edge_alpha="zz")
+    s = CircuitStyle(supernodes={"a": [FeatureNode(0, 0, 1)]})
+    assert dict(s.supernodes) == {"a": ("feat:0:0:1",)}
