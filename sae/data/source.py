@@ -1,0 +1,137 @@
+"""Activation sources: what the trainer reads batches from.
+
+An ``ActivationSource`` has ``sites`` and ``dims`` and a
+``batches(batch_tokens, seed)`` generator of ``{Site: np.ndarray [batch_tokens, d]}``
+(float32, rows aligned across sites: row r of every site is the same token).
+  1. ``ArraySource``: in-memory arrays; every epoch is a fresh permutation drawn
+     from (seed, epoch), so order is reproducible and batches span epochs.
+  2. ``StreamSource``: chunks from a re-iterable factory go through a shuffled
+     mixing buffer: fill to capacity, shuffle, emit batches until half is left,
+     refill (B2); optional drop of tokens whose norm exceeds ``outlier_factor`` x
+     the median (any site). The factory is called again when a pass ends.
+Both are deterministic given the seed, so a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from attribution.sites import Site
+from sae.errors import EmptyDatasetError, ShapeMismatchError
+
+Batch = dict
+
+
+@runtime_checkable
+class ActivationSource(Protocol):
+    """Anything that yields aligned activation batches per site."""
+
+    sites: tuple
+    dims: dict
+
+    def batches(self, batch_tokens: int, seed: int) -> Iterator[Batch]:
+        """Infinite (or until exhausted) iterator of {Site: float32 [batch_tokens, d]}."""
+
+
+def _as_site_dict(arrays) -> dict:
+    out = {}
+    for k, v in arrays.items():
+        a = np.asarray(v, dtype=np.float32)
+        if a.ndim > 2:
+            a = a.reshape(-1, a.shape[-1])
+        if a.ndim != 2:
+            raise ShapeMismatchError(f"activations for {k} must be [N, d], got shape {a.shape}")
+        out[Site.parse(k)] = a
+    ns = {a.shape[0] for a in out.values()}
+    if len(ns) > 1:
+        raise ShapeMismatchError(f"sites have different token counts: {sorted(ns)}")
+    return out
+
+
+class ArraySource:
+    """In-memory activations {Site: [N, d]} (or [..., d], flattened)."""
+
+    def __init__(self, arrays: Mapping):
+        self.arrays = _as_site_dict(arrays)
+        if not self.arrays or next(iter(self.arrays.values())).shape[0] == 0:
+            raise EmptyDatasetError("ArraySource got no tokens")
+        self.sites = tuple(self.arrays)
+        self.dims = {s: a.shape[1] for s, a in self.arrays.items()}
+        self.n_tokens = next(iter(self.arrays.values())).shape[0]
+
+    def batches(self, batch_tokens: int, seed: int) -> Iterator[Batch]:
+        n, epoch, pending = self.n_tokens, 0, np.zeros(0, dtype=np.int64)
+        while True:
+            while pending.size < batch_tokens:
+                perm = np.random.default_rng([seed, epoch]).permutation(n)
+                pending, epoch = np.concatenate([pending, perm]), epoch + 1
+            idx, pending = pending[:batch_tokens], pending[batch_tokens:]
+            yield {s: a[idx] for s, a in self.arrays.items()}
+
+
+def drop_outliers(chunk: dict, factor: float) -> dict:
+    """Rows whose norm exceeds factor x median norm (at any site) removed."""
+    keep = None
+    for a in chunk.values():
+        norms = np.linalg.norm(a, axis=1)
+        ok = norms <= factor * np.median(norms)
+        keep = ok if keep is None else keep & ok
+    return chunk if keep is None or keep.all() else {s: a[keep] for s, a in chunk.items()}
+
+
+class StreamSource:
+    """A shuffled mixing buffer over a re-iterable stream of {Site: [n, d]} chunks."""
+
+    def __init__(self, chunks: Callable[[], Iterable[Mapping]], sites, dims: Mapping,
+                 buffer_tokens: int = 2 ** 16, outlier_factor: float | None = 10.0,
+                 max_passes: int | None = None):
+        self.chunks, self.sites = chunks, tuple(Site.parse(s) for s in sites)
+        self.dims = {Site.parse(s): int(d) for s, d in dims.items()}
+        self.buffer_tokens, self.outlier_factor = int(buffer_tokens), outlier_factor
+        self.max_passes = max_passes
+
+    def _stream(self) -> Iterator[dict]:
+        passes = 0
+        while self.max_passes is None or passes < self.max_passes:
+            got = False
+            for chunk in self.chunks():
+                c = _as_site_dict({s: chunk[s] for s in self.sites})
+                if self.outlier_factor:
+                    c = drop_outliers(c, self.outlier_factor)
+                for s, a in c.items():
+                    if a.shape[1] != self.dims[s]:
+                        raise ShapeMismatchError(f"site {s}: width {a.shape[1]}, expected {self.dims[s]}")
+                if next(iter(c.values())).shape[0]:
+                    got = True
+                    yield c
+            if not got:
+                raise EmptyDatasetError("the activation stream produced no tokens")
+            passes += 1
+
+    def batches(self, batch_tokens: int, seed: int) -> Iterator[Batch]:
+        rng = np.random.default_rng(seed)
+        cap = max(self.buffer_tokens, 2 * batch_tokens)
+        stream = self._stream()
+        buf = {s: np.zeros((0, self.dims[s]), np.float32) for s in self.sites}
+        exhausted = False
+        while True:
+            n = next(iter(buf.values())).shape[0]
+            if not exhausted and n < cap // 2 + batch_tokens:
+                parts = [buf]
+                while n < cap and not exhausted:
+                    try:
+                        c = next(stream)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    parts.append(c)
+                    n += next(iter(c.values())).shape[0]
+                perm = rng.permutation(n)
+                buf = {s: np.concatenate([p[s] for p in parts])[perm] for s in self.sites}
+            if n < batch_tokens:
+                return
+            yield {s: a[:batch_tokens] for s, a in buf.items()}
+            buf = {s: a[batch_tokens:] for s, a in buf.items()}

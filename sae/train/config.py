@@ -1,0 +1,181 @@
+"""Training configuration (frozen dataclass, validated in ``__post_init__``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from attribution.sites import Site
+from sae.errors import ConfigError, UnknownArchitectureError
+
+Kind = Literal["sae", "transcoder", "skip_transcoder", "clt"]
+Arch = Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
+KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One family of dictionaries (one per site) trained from a shared activation stream."""
+
+    kind: Kind
+    """"sae" (reconstruct the site), "transcoder", "skip_transcoder" (adds W_skip x) or "clt"."""
+    arch: Arch
+    """Architecture: relu, topk, batchtopk, jumprelu, gated or matryoshka (CLT: not gated/matryoshka)."""
+    sites: tuple = ()
+    """Input sites (Site or "L3.mlp_in" strings); one dictionary per site (one CLT over all)."""
+    targets: tuple | None = None
+    """Output sites for transcoders/CLTs, same length as ``sites``; default same layer, ``target_kind``."""
+    target_kind: str = "mlp_out"
+    """Site kind predicted by transcoders when ``targets`` is None."""
+    width: int | None = None
+    """Number of latents m (per layer for a CLT); or give ``expansion``."""
+    expansion: float | None = None
+    """width = round(expansion * d_in) when ``width`` is None."""
+    k: int = 32
+    """Active latents per token for topk / batchtopk / matryoshka (mean, for batch variants)."""
+    total_tokens: int = 2 ** 22
+    """Training tokens; steps = total_tokens // batch_tokens."""
+    batch_tokens: int = 4096
+    """Tokens per optimiser step."""
+    lr: float | None = None
+    """Adam learning rate; None -> 2e-4 * sqrt(2^14 / width)."""
+    warmup_steps: int = 1000
+    """Linear LR warm-up steps (capped at 10% of the run)."""
+    decay_frac: float = 0.2
+    """Fraction of steps at the end over which the LR decays linearly to 0."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip per dictionary (0 disables)."""
+    adam_betas: tuple = (0.9, 0.999)
+    """Adam (beta1, beta2)."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    sparsity_coef: float | None = None
+    """L1 / L0 coefficient (relu, jumprelu, gated, CLT); None -> the architecture default."""
+    sparsity_warmup_frac: float = 0.05
+    """Fraction of steps over which the sparsity coefficient ramps linearly from 0."""
+    dead_tokens: int = 10_000_000
+    """A latent is dead after this many tokens without firing."""
+    k_aux: int | None = None
+    """AuxK latents (topk family); None -> d_out // 2."""
+    aux_coef: float = 1.0 / 32
+    """AuxK coefficient."""
+    bandwidth: float = 0.05
+    """JumpReLU straight-through kernel width."""
+    threshold_init: float = 0.01
+    """Initial JumpReLU threshold."""
+    l0_form: Literal["step", "tanh"] = "step"
+    """JumpReLU L0 penalty: Heaviside step (STE) or Anthropic's tanh."""
+    pre_act_coef: float = 3e-6
+    """JumpReLU pre-activation loss coefficient."""
+    threshold_ema: float = 0.01
+    """BatchTopK EMA rate of the inference threshold."""
+    group_fractions: tuple = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 17 / 32)
+    """Matryoshka nested group sizes as fractions of the width (sum to 1)."""
+    decoder: Literal["auto", "dense", "sparse"] = "auto"
+    """TopK decoder: dense matmul, or gather only the k active rows (forward and backward);
+    "auto" picks sparse when width >= 8192 and width >= 128 k (measured crossover on CPU)."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """How b_dec starts (from the first batch)."""
+    normalize: bool = True
+    """Scale each site to E||x|| = sqrt(d) during training (folded back on return/save)."""
+    resample_every: int | None = None
+    """Steps between dead-latent resampling (relu / jumprelu / gated); None disables."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+    log_every: int = 100
+    """Steps between metric syncs (logs, callback, dead-latent check)."""
+    compile: bool = False
+    """Wrap each step in ``mx.compile`` (little gain on Linux CPU; see DESIGN A2)."""
+    fuse_elementwise: bool = True
+    """Run the Adam update as one compiled elementwise kernel per tensor (needs a C++ compiler;
+    falls back to eager ops without one)."""
+    name: str | None = None
+    """Label of this config in sweeps (defaults to kind-arch)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UnknownArchitectureError(f"unknown kind {self.kind!r}; expected one of {KINDS}")
+        if self.arch not in ARCHS:
+            raise UnknownArchitectureError(f"unknown architecture {self.arch!r}; expected {ARCHS}")
+        if self.kind == "clt" and self.arch in ("gated", "matryoshka"):
+            raise ConfigError(f"CLTs support relu, jumprelu, topk, batchtopk; not {self.arch}")
+        sites = tuple(Site.parse(s) for s in self.sites)
+        if not sites:
+            raise ConfigError("TrainConfig.sites is empty")
+        object.__setattr__(self, "sites", sites)
+        if self.targets is not None:
+            tg = tuple(Site.parse(s) for s in self.targets)
+            if len(tg) != len(sites):
+                raise ConfigError("targets must have one site per input site")
+            object.__setattr__(self, "targets", tg)
+        if self.width is None and self.expansion is None:
+            raise ConfigError("give width or expansion")
+        if self.width is not None and self.width < 1:
+            raise ConfigError(f"width must be >= 1, got {self.width}")
+        if self.width is not None and self.arch in ("topk", "batchtopk", "matryoshka") \
+                and self.kind != "clt" and self.k > self.width:
+            raise ConfigError(f"k={self.k} exceeds width={self.width}")
+        if self.k < 1 or self.batch_tokens < 1 or self.total_tokens < self.batch_tokens:
+            raise ConfigError("need k >= 1, batch_tokens >= 1 and total_tokens >= batch_tokens")
+        if not 0 <= self.decay_frac <= 1 or not 0 <= self.sparsity_warmup_frac <= 1:
+            raise ConfigError("decay_frac and sparsity_warmup_frac must lie in [0, 1]")
+        if self.decoder not in ("auto", "dense", "sparse"):
+            raise ConfigError(f"decoder must be auto, dense or sparse, got {self.decoder!r}")
+        if self.decoder == "sparse" and self.arch != "topk":
+            raise ConfigError("the sparse decoder needs arch='topk' (fixed k per token)")
+        object.__setattr__(self, "group_fractions", tuple(self.group_fractions))
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps."""
+        return self.total_tokens // self.batch_tokens
+
+    @property
+    def label(self) -> str:
+        """Name used in logs and result keys."""
+        return self.name or f"{self.kind}-{self.arch}"
+
+    def width_for(self, d_in: int) -> int:
+        """Latent count for an input of width d_in; checks k <= width."""
+        m = self.width if self.width is not None else max(1, round(self.expansion * d_in))
+        if self.arch in ("topk", "batchtopk", "matryoshka") and self.k > m * (
+                len(self.sites) if self.kind == "clt" else 1):
+            raise ConfigError(f"k={self.k} exceeds width={m}")
+        return m
+
+    def lr_for(self, width: int) -> float:
+        """The configured LR, or 2e-4 * sqrt(2^14 / width)."""
+        return self.lr if self.lr is not None else 2e-4 * math.sqrt(2 ** 14 / width)
+
+    def target_sites(self) -> tuple:
+        """Output site per input site."""
+        if self.kind == "sae":
+            return self.sites
+        if self.targets is not None:
+            return self.targets
+        return tuple(Site(s.layer, self.target_kind) for s in self.sites)  # type: ignore[arg-type]
+
+    def decoder_for(self, width: int) -> str:
+        """Resolve ``decoder="auto"`` for a given width."""
+        if self.decoder != "auto":
+            return self.decoder
+        return "sparse" if width >= 8192 and width >= 128 * self.k else "dense"
+
+    def dict_kwargs(self, width: int) -> dict:
+        """Architecture hyperparameters passed to the dictionary constructor."""
+        if self.arch in ("topk", "batchtopk", "matryoshka"):
+            kw = dict(k=self.k, k_aux=self.k_aux, aux_coef=self.aux_coef)
+            if self.arch == "topk":
+                kw["decoder"] = self.decoder_for(width)
+            if self.arch != "topk":
+                kw["threshold_ema"] = self.threshold_ema
+            if self.arch == "matryoshka":
+                kw["group_fractions"] = list(self.group_fractions)
+            return kw
+        if self.arch == "jumprelu":
+            return dict(bandwidth=self.bandwidth, threshold_init=self.threshold_init,
+                        l0_form=self.l0_form, pre_act_coef=self.pre_act_coef)
+        return {}

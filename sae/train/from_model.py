@@ -1,0 +1,54 @@
+"""Training straight from a model and a corpus.
+
+1. Build a harvesting ``StreamSource`` (tokenise, pack into contexts, capture all
+   sites needed by every config in one forward that stops at the deepest site;
+   drop BOS and >10x-median-norm tokens; shuffled mixing buffer).
+2. Optionally write / reuse an on-disk activation cache keyed by the model's
+   path and config hash (a cache for another model raises CacheMismatchError).
+3. ``train`` on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sae.data.cache import ActivationCache, config_hash, write_cache
+from sae.data.harvest import harvest, harvest_source
+from sae.errors import ConfigError
+from sae.train.config import TrainConfig
+from sae.train.trainer import TrainResult, train
+
+
+def needed_sites(configs) -> list:
+    """Every input and target site of the configs, in forward order."""
+    sites = set()
+    for c in configs:
+        sites.update(c.sites)
+        sites.update(c.target_sites())
+    return sorted(sites, key=lambda s: s.order)
+
+
+def train_on_model(model, texts, configs, *, context_len: int = 128, batch_size: int = 8,
+                   buffer_tokens: int = 2 ** 16, cache_dir=None, outlier_factor: float | None = 10.0,
+                   **train_kw) -> TrainResult:
+    """Harvest activations from ``model`` on ``texts`` and train ``configs`` on them."""
+    cfgs = [configs] if isinstance(configs, TrainConfig) else list(configs)
+    if not cfgs:
+        raise ConfigError("no TrainConfig given")
+    sites = needed_sites(cfgs)
+    for s in sites:
+        s.check(model.n_layers)
+    if cache_dir is None:
+        source = harvest_source(model, texts, sites, context_len=context_len,
+                                batch_size=batch_size, buffer_tokens=buffer_tokens,
+                                outlier_factor=outlier_factor)
+    else:
+        model_id = str(getattr(model, "path", "") or "")
+        h = config_hash(getattr(model, "config", {}))
+        if not (Path(cache_dir) / "manifest.json").exists():
+            write_cache(cache_dir, harvest(model, texts, sites, context_len=context_len,
+                                           batch_size=batch_size),
+                        model_id=model_id, model_hash=h, dims={s: model.d_model for s in sites})
+        source = ActivationCache(cache_dir, model_id=model_id, model_hash=h, sites=sites,
+                                 buffer_tokens=buffer_tokens, outlier_factor=outlier_factor)
+    return train(source, cfgs, **train_kw)

@@ -1,0 +1,251 @@
+"""The training loop: several dictionaries from one shared activation stream.
+
+1. Draw the first batch; per site compute the normalisation scale
+   s = sqrt(d) / mean ||x|| (B2) and initialise every dictionary from it
+   (b_dec = geometric median / mean, W_enc = W_dec^T).
+2. Optionally restore a checkpoint and skip the batches it already consumed
+   (sources are deterministic given the seed, so resume == uninterrupted run).
+3. Each step: check the batch is finite on the host (raise ``NonFiniteError`` with
+   the step, before any update, keeping the last checkpoint), scale it, run every
+   trainee's step (LR: warm-up then linear decay over the last ``decay_frac``;
+   sparsity coefficient warm-up), then ``mx.eval`` the new state (no host reads).
+4. Every ``log_every`` steps read the metric sums, log a JSONL row, call the
+   progress callback, switch AuxK on when latents are dead, resample if asked.
+5. Every ``checkpoint_every`` steps write an atomic checkpoint.
+6. Return the dictionaries folded back to raw units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from sae.data.source import ArraySource
+from sae.errors import ConfigError, EmptyDatasetError, NonFiniteError
+from sae.train.checkpoint import load_checkpoint, save_checkpoint
+from sae.train.config import TrainConfig
+from sae.train.trainee import METRICS, Trainee, build_trainees, make_step, resample_dead
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What the progress callback receives every ``log_every`` steps."""
+
+    step: int
+    """Steps completed."""
+    total_steps: int
+    """Steps in the run."""
+    tokens: int
+    """Tokens consumed."""
+    metrics: dict
+    """{dictionary name: {metric: mean over the interval, plus dead_frac}}."""
+
+
+@dataclass
+class TrainResult:
+    """Trained dictionaries (raw units) and their history."""
+
+    dictionaries: list
+    """Dictionaries in config order, then site order; folded to raw units."""
+    names: list
+    """Name of each dictionary ("<label>/<site>")."""
+    history: list
+    """Logged rows (dicts with step, tokens, name and the metrics)."""
+    scales: dict
+    """Normalisation scale per site (x_normalised = scale * x)."""
+    steps: int
+    """Steps run."""
+
+    def by_name(self) -> dict:
+        """{name: dictionary}."""
+        return dict(zip(self.names, self.dictionaries))
+
+
+def _lr_factor(step: int, total: int, warmup: int, decay_frac: float) -> float:
+    w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    n_decay = int(total * decay_frac)
+    d = min(1.0, (total - step) / n_decay) if n_decay > 0 else 1.0
+    return w * max(d, 0.0)
+
+
+def _scales(batch: dict, normalize: bool) -> dict:
+    if not normalize:
+        return {s: 1.0 for s in batch}
+    out = {}
+    for s, a in batch.items():
+        mean_norm = float(np.linalg.norm(a, axis=1).mean())
+        out[s] = math.sqrt(a.shape[1]) / mean_norm if mean_norm > 0 else 1.0
+    return out
+
+
+def train(source, configs, model_configs=None, *, callback: Callable | None = None,
+          log_path=None, checkpoint_dir=None, checkpoint_every: int | None = None,
+          resume: bool = False, **harvest_kw) -> TrainResult:
+    """Train every dictionary of ``configs`` (one TrainConfig or a sequence) on ``source``.
+
+    ``source`` is an ActivationSource or a {Site: [N, d]} mapping. The form
+    ``train(model, texts, configs, ...)`` harvests from a model instead (see
+    ``train_on_model``; ``harvest_kw`` go there). All configs share batches, so they
+    must agree on batch_tokens, total_tokens, seed and normalize.
+    ``callback(TrainProgress)`` may raise to stop the run; with ``checkpoint_dir``
+    and ``resume=True`` a later call continues it, bit-identically.
+    """
+    run_kw = dict(callback=callback, log_path=log_path, checkpoint_dir=checkpoint_dir,
+                  checkpoint_every=checkpoint_every, resume=resume)
+    if model_configs is not None:
+        from sae.train.from_model import train_on_model
+        return train_on_model(source, configs, model_configs, **harvest_kw, **run_kw)
+    if harvest_kw:
+        raise ConfigError(f"unexpected arguments {sorted(harvest_kw)} (only for model sources)")
+    if isinstance(source, Mapping):
+        source = ArraySource(source)
+    cfgs = [configs] if isinstance(configs, TrainConfig) else list(configs)
+    if not cfgs:
+        raise ConfigError("no TrainConfig given")
+    c0 = cfgs[0]
+    for c in cfgs[1:]:
+        if (c.batch_tokens, c.total_tokens, c.seed, c.normalize) != \
+                (c0.batch_tokens, c0.total_tokens, c0.seed, c0.normalize):
+            raise ConfigError("configs trained together must share batch_tokens, "
+                              "total_tokens, seed and normalize")
+    for c in cfgs:
+        _check_sizes(c, source.dims)
+    batches = source.batches(c0.batch_tokens, c0.seed)
+    try:
+        first = next(batches)
+    except StopIteration:
+        raise EmptyDatasetError("the activation source yielded no batch") from None
+    scales = _scales(first, c0.normalize)
+    norm_first = {s: a * scales[s] for s, a in first.items()}
+    trainees: list[Trainee] = []
+    for c in cfgs:  # the init key depends on the config's seed only, so sweeps == solo runs
+        trainees += build_trainees(c, source.dims, norm_first, mx.random.key(c.seed))
+    start, use_aux = 0, [False] * len(trainees)
+    if resume and checkpoint_dir is not None:
+        state = load_checkpoint(checkpoint_dir, trainees)
+        if state is not None:
+            start, use_aux = int(state["step"]), list(state.get("use_aux", use_aux))
+    history = _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_path,
+                   checkpoint_dir, checkpoint_every)
+    dicts = [_fold(t, scales) for t in trainees]
+    return TrainResult(dicts, [t.name for t in trainees], history, scales, c0.steps)
+
+
+def _check_sizes(c: TrainConfig, dims: dict) -> None:
+    """MLX arrays must stay below 2^31 elements (DESIGN A2): [batch, latents] and W_enc."""
+    for s in c.sites:
+        if s not in dims:
+            continue
+        m = c.width_for(dims[s]) * (len(c.sites) if c.kind == "clt" else 1)
+        for what, n in (("batch_tokens x width", c.batch_tokens * m), ("d_in x width", dims[s] * m)):
+            if n >= 2 ** 31:
+                raise ConfigError(f"{what} = {n} elements reaches MLX's 2^31 array limit; "
+                                  "lower batch_tokens or width (micro-batching is not implemented)")
+
+
+def _fold(t: Trainee, scales: dict):
+    if t.is_clt:
+        return t.dictionary.folded([scales[s] for s in t.in_sites], [scales[s] for s in t.out_sites])
+    return t.dictionary.folded(scales[t.in_sites[0]], scales[t.out_sites[0]])
+
+
+def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_path, ckpt_dir,
+         ckpt_every):
+    total, history = c0.steps, []
+    steps = [make_step(t) for t in trainees]
+    for t in trainees:
+        t.sums = {m: mx.array(0.0) for m in METRICS}
+    log_file = open(log_path, "a") if log_path else None
+    it = _chain(first, batches)
+    try:
+        for _ in range(start):  # replay the data order of the interrupted run
+            next(it)
+        n_in_interval = 0
+        for step in range(start, total):
+            try:
+                raw = next(it)
+            except StopIteration:
+                raise EmptyDatasetError(f"activation source ran out at step {step}") from None
+            for s, a in raw.items():
+                if not np.isfinite(a).all():
+                    raise NonFiniteError(f"non-finite activations at site {s} in step {step}; "
+                                         f"the last good checkpoint is kept", step)
+            batch = {s: mx.array(a * scales[s]) for s, a in raw.items()}
+            _step_all(trainees, steps, batch, step, total, use_aux)
+            n_in_interval += 1
+            done = step + 1
+            for t in trainees:  # before the checkpoint, so a resume sees the resampled state
+                if t.cfg.resample_every and done % t.cfg.resample_every == 0:
+                    x, y = t.xy(batch)
+                    resample_dead(t, x, y, np.random.default_rng([c0.seed, done]))
+            if ckpt_dir is not None and ckpt_every and (done % ckpt_every == 0 or done == total):
+                _check_finite(trainees, step)
+                save_checkpoint(ckpt_dir, trainees, done, scales, {"use_aux": use_aux})
+            if done % c0.log_every == 0 or done == total:
+                rows = _log(trainees, done, c0.batch_tokens, n_in_interval, use_aux, step)
+                n_in_interval = 0
+                history += rows
+                if log_file:
+                    log_file.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+                    log_file.flush()
+                if callback is not None:
+                    callback(TrainProgress(done, total, done * c0.batch_tokens,
+                                           {r["name"]: r for r in rows}))
+    finally:
+        if log_file:
+            log_file.close()
+    return history
+
+
+def _step_all(trainees, steps, batch, step: int, total: int, use_aux) -> None:
+    """One optimiser step of every trainee on the shared batch, then one ``mx.eval``."""
+    outs = []
+    for j, (t, fn) in enumerate(zip(trainees, steps)):
+        c = t.cfg
+        lr = c.lr_for(t.dictionary.width) * _lr_factor(
+            step, total, min(c.warmup_steps, max(1, total // 10)), c.decay_frac)
+        ramp = max(1, int(total * c.sparsity_warmup_frac))
+        coef = (c.sparsity_coef if c.sparsity_coef is not None else
+                _default_coef(t)) * min(1.0, (step + 1) / ramp)
+        x, y = t.xy(batch)
+        m = fn(x, y, mx.array(lr), mx.array(coef), mx.array(step + 1.0), use_aux[j])
+        t.sums = {k: t.sums[k] + m[k] for k in METRICS}
+        outs.append((t.dictionary.state, t.opt, t.sums))
+    mx.eval(outs)  # the only synchronisation per step; metrics stay on device
+
+
+def _default_coef(t: Trainee) -> float:
+    if t.is_clt:
+        return {"relu": 5.0, "jumprelu": 0.02}.get(t.cfg.arch, 0.0)
+    return type(t.dictionary).default_sparsity_coef
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _check_finite(trainees, step: int) -> None:
+    for t in trainees:
+        if not all(bool(mx.isfinite(v).all()) for v in t.dictionary.arrays().values()):
+            raise NonFiniteError(f"{t.name}: non-finite weights after step {step}; "
+                                 "the last good checkpoint is kept", step)
+
+
+def _log(trainees, done, batch_tokens, n, use_aux, step) -> list[dict]:
+    rows = []
+    for j, t in enumerate(trainees):
+        vals = {k: float(v) / max(n, 1) for k, v in t.sums.items()}
+        if not math.isfinite(vals["loss"]):
+            raise NonFiniteError(f"{t.name}: loss became non-finite by step {step}", step)
+        dead = float((t.tsf >= t.cfg.dead_tokens).astype(mx.float32).mean())
+        use_aux[j] = dead > 0 and t.cfg.arch in ("topk", "batchtopk", "matryoshka")
+        rows.append({"step": done, "tokens": done * batch_tokens, "name": t.name,
+                     "dead_frac": dead, **vals})
+        t.sums = {k: mx.array(0.0) for k in t.sums}
+    return rows
