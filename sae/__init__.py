@@ -1,5 +1,3 @@
-import attribution as _attribution  # noqa: F401  (loads the optimised BLAS before mlx on Linux)
-
 """sae: sparse dictionaries (SAEs, transcoders, CLTs): training, evaluation, statistics.
 
 Public API:
@@ -14,6 +12,9 @@ Public API:
      ``export_clt``/``import_clt``.
 Errors live in ``sae.errors``.
 """
+
+import attribution as _attribution  # noqa: F401  (loads the optimised BLAS before mlx on Linux)
+
 
 from sae.arch import (  # noqa: E402
     ARCHITECTURES, BatchTopKDictionary, CrossLayerTranscoder, GatedDictionary, JumpReLUDictionary,
