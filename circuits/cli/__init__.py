@@ -13,10 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from circuits.cli import doctor as _doctor
 from circuits.cli import demo as _demo
+from circuits.cli import doctor as _doctor
+from circuits.cli import evaluate as _evaluate
+from circuits.cli import organism as _organism
+from circuits.cli import train as _train
+from circuits.cli._common import apply_config
 
-_COMMANDS = {"doctor": _doctor, "demo": _demo}
+_COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "organism": _organism,
+             "doctor": _doctor}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``circuits`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        apply_config(args, _subparser(parser, args.command))
         return int(_COMMANDS[args.command].run(args) or 0)
     except KeyboardInterrupt:
         print("circuits: interrupted", file=sys.stderr)
@@ -44,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"circuits {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _subparser(parser, name):
+    for action in parser._subparsers._group_actions:
+        if name in action.choices:
+            return action.choices[name]
+    return parser
 
 
 if __name__ == "__main__":
