@@ -16,6 +16,7 @@ import sys
 from circuits.cli import demo as _demo
 from circuits.cli import doctor as _doctor
 from circuits.cli import evaluate as _evaluate
+from circuits.cli import features as _features
 from circuits.cli import organism as _organism
 from circuits.cli import prune as _prune
 from circuits.cli import render as _render
@@ -23,7 +24,7 @@ from circuits.cli import train as _train
 from circuits.cli._common import apply_config
 
 _COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "organism": _organism,
-             "prune": _prune, "render": _render, "doctor": _doctor}
+             "prune": _prune, "features": _features, "render": _render, "doctor": _doctor}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,12 +107,12 @@ def staged(out: Path):
 
 
 class _Bar:
-    def __init__(self, args, desc: str, total: int | None):
+    def __init__(self, args, desc: str, total: int | None, unit: str = "step"):
         self.bar = None
         if not (getattr(args, "quiet", False) or getattr(args, "json", False)):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
     def __call__(self, done: int, total: int | None = None, **postfix) -> None:
         if self.bar is None:
@@ -131,9 +131,9 @@ class _Bar:
 
 
 @contextmanager
-def progress(args, desc: str, total: int | None = None):
+def progress(args, desc: str, total: int | None = None, unit: str = "step"):
     """A callback ``cb(done, total=None, **postfix)`` drawing a tqdm bar."""
-    bar = _Bar(args, desc, total)
+    bar = _Bar(args, desc, total, unit)
     try:
         yield bar
     finally:
