@@ -8,22 +8,103 @@ from attribution import _blas
 
 _blas.preload()
 
-from attribution.sites import SITE_KINDS, Site, SiteError  # noqa: E402
-from attribution.errors import (  # noqa: E402
-    AttributionError, ContextLengthError, EmptySequenceError, InterventionError,
-    LayerRangeError, ModelNotFoundError, NotAModelError, SiteKindError, TokenRangeError,
+from attribution.errors import (
+    AttributionError,
+    ContextLengthError,
+    EmptySequenceError,
+    InterventionError,
+    LayerRangeError,
+    ModelNotFoundError,
+    NotAModelError,
+    SiteKindError,
+    TokenRangeError,
     UnsupportedArchitectureError,
 )
-from attribution.model import (  # noqa: E402
-    Ablate, Add, Intervention, Model, Patch, Replace, RunResult, Scale, capture, frozen,
-    intervene, load_model, run, site_grads,
+from attribution.model import (
+    Ablate,
+    Add,
+    Intervention,
+    Model,
+    Patch,
+    Replace,
+    RunResult,
+    Scale,
+    capture,
+    frozen,
+    intervene,
+    load_model,
+    run,
+    site_grads,
 )
+from attribution.sites import SITE_KINDS, Site, SiteError
+
+# Replacement models, graph construction and steering pull in pandas/scipy through
+# attribution.graph; they load on first access (PEP 562) so `import attribution` stays light.
+_LAZY = {
+    **dict.fromkeys(
+        ("AttributionMethodError", "CleanState", "DictionaryMismatchError", "FeatureIntervention",
+         "GenerateResult", "LogitTargetError", "ReplacementModel", "SteerResult", "SteeringError",
+         "generate", "steer"), "attribution.replacement"),
+    **dict.fromkeys(
+        ("GraphConfig", "LogitTarget", "NodeScores", "build_graph", "integrated_gradients",
+         "logit_diff", "node_scores"), "attribution.attribute"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'attribution' has no attribute {name!r}")
+
 
 __all__ = [
-    "SITE_KINDS", "Site", "SiteError",
-    "AttributionError", "ContextLengthError", "EmptySequenceError", "InterventionError",
-    "LayerRangeError", "ModelNotFoundError", "NotAModelError", "SiteKindError",
-    "TokenRangeError", "UnsupportedArchitectureError",
-    "Ablate", "Add", "Intervention", "Model", "Patch", "Replace", "RunResult", "Scale",
-    "capture", "frozen", "intervene", "load_model", "run", "site_grads",
+    "SITE_KINDS",
+    "Ablate",
+    "Add",
+    "AttributionError",
+    "AttributionMethodError",
+    "CleanState",
+    "ContextLengthError",
+    "DictionaryMismatchError",
+    "EmptySequenceError",
+    "FeatureIntervention",
+    "GenerateResult",
+    "GraphConfig",
+    "Intervention",
+    "InterventionError",
+    "LayerRangeError",
+    "LogitTarget",
+    "LogitTargetError",
+    "Model",
+    "ModelNotFoundError",
+    "NodeScores",
+    "NotAModelError",
+    "Patch",
+    "Replace",
+    "ReplacementModel",
+    "RunResult",
+    "Scale",
+    "Site",
+    "SiteError",
+    "SiteKindError",
+    "SteerResult",
+    "SteeringError",
+    "TokenRangeError",
+    "UnsupportedArchitectureError",
+    "build_graph",
+    "capture",
+    "frozen",
+    "generate",
+    "integrated_gradients",
+    "intervene",
+    "load_model",
+    "logit_diff",
+    "node_scores",
+    "run",
+    "site_grads",
+    "steer",
 ]

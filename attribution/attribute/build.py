@@ -1,0 +1,151 @@
+"""``build_graph``: prompt + model + dictionaries -> attribution ``Graph``.
+
+Algorithm:
+  1. Validate the method and inputs (prompt non-empty and within context,
+     dictionaries match the model, targets in the vocabulary) and check a
+     lower-bound memory estimate before any forward pass.
+  2. One clean forward of the model gives every unit's latents and errors
+     and the final-norm output; logit targets are resolved at the last
+     position (top logits to 95%, at most 10, or user directions).
+  3. ``exact``: collect the active features, re-check the memory estimate
+     with the measured L0 (before any backward pass), then fill rows by
+     batched VJPs (``exact.exact_rows``) and build the graph from the kept
+     edges; with ``max_feature_nodes`` only the processed features stay.
+     ``atp``/``ig``/``patching``: node scores (``patching.node_scores``)
+     become edges from each feature/error node to one logit node ``metric``.
+  4. Metadata records the model, dictionaries, prompt, tokens, method,
+     ablation, config and the code version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from attribution.attribute.config import METHODS, GraphConfig
+from attribution.attribute.exact import exact_rows
+from attribution.attribute.nodes import make_node_set
+from attribution.attribute.patching import node_scores
+from attribution.attribute.targets import TargetSpec, resolve_targets
+from attribution.errors import EmptySequenceError
+from attribution.graph.errors import GraphMemoryError
+from attribution.graph.graph import Graph
+from attribution.graph.keys import LogitNode
+from attribution.graph.memory import estimate_memory
+from attribution.model.tokens import as_tokens
+from attribution.replacement.errors import AttributionMethodError
+from attribution.replacement.model import ReplacementModel
+
+ATTRIBUTION_VERSION = "0.1.0"
+"""Version of the graph-construction algorithm, written into graph metadata."""
+
+
+def prompt_tokens(model, prompt_or_tokens) -> tuple[str | None, list[int]]:
+    """(prompt text or None, validated token ids) for one prompt."""
+    if isinstance(prompt_or_tokens, str):
+        if not prompt_or_tokens.strip():
+            raise EmptySequenceError("the prompt is empty; pass some text or token ids")
+        text, ids = prompt_or_tokens, model.encode(prompt_or_tokens)
+    else:
+        text, ids = None, prompt_or_tokens
+    toks = as_tokens(ids, model)
+    if toks.shape[0] != 1:
+        raise AttributionMethodError(f"build_graph takes one prompt, got a batch of {toks.shape[0]}")
+    return text, [int(t) for t in np.asarray(toks)[0]]
+
+
+def _check_memory(model, rm, n_tokens: int, per_token: float, config: GraphConfig) -> None:
+    est = estimate_memory(n_tokens, len(rm.units), per_token, config.max_logits, d_model=model.d_model,
+                          edges_per_target=config.edges_per_target, batch_size=config.batch_size,
+                          max_feature_nodes=config.max_feature_nodes)
+    try:
+        est.check(config.available_memory_bytes, config.memory_fraction)
+    except GraphMemoryError as exc:
+        raise GraphMemoryError(
+            f"{exc}. Knobs: GraphConfig(edges_per_target={config.edges_per_target}, "
+            f"batch_size={config.batch_size}, max_feature_nodes={config.max_feature_nodes}, "
+            f"feature_threshold={config.feature_threshold}) or a shorter prompt "
+            f"({n_tokens} tokens, ~{per_token:.1f} active features per token and layer)") from None
+
+
+def _metadata(model, rm, text, ids, method, config, extra: dict) -> dict:
+    return {
+        "n_layers": model.n_layers,
+        "model": {"path": str(model.path) if model.path else None, "arch": model.arch,
+                  "d_model": model.d_model},
+        "dictionaries": rm.describe(), "prompt": text, "tokens": ids, "method": method,
+        "ablation": extra.pop("ablation", None), "config": config.to_dict(),
+        "attribution_version": ATTRIBUTION_VERSION, **extra,
+    }
+
+
+def build_graph(model, dictionaries, prompt_or_tokens, targets: TargetSpec = None,
+                method: str = "exact", config: GraphConfig | None = None, *,
+                counterfactual=None, reference=None, metric: Callable | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> Graph:
+    """Attribution graph of one prompt (module docstring).
+
+    ``model`` may be a ``ReplacementModel`` (``dictionaries`` is then ignored);
+    ``targets``: None (top logits), token ids, or ``LogitTarget`` directions;
+    ``counterfactual``/``reference``: prompts for the counterfactual / mean ablation;
+    ``metric``: logits [B,T,V] -> [B] for the patching methods (default: the targets);
+    ``progress(stage, done, total)`` is called after each batch."""
+    if method not in METHODS:
+        raise AttributionMethodError(f"unknown method {method!r}; one of {METHODS}")
+    config = GraphConfig() if config is None else config
+    rm = model if isinstance(model, ReplacementModel) else ReplacementModel(model, dictionaries)
+    model = rm.model
+    text, ids = prompt_tokens(model, prompt_or_tokens)
+    _check_memory(model, rm, len(ids), 0.0, config)
+    state = rm.clean(ids)
+    tg = resolve_targets(model, targets, state.logits[-1], state.norm_out[-1], len(ids) - 1,
+                         config.max_logits, config.logit_prob_mass)
+    tok_str = model.to_str_tokens(ids)
+    if method == "exact":
+        return _exact_graph(rm, state, tg, config, text, ids, tok_str, progress)
+    ns = node_scores(rm, state, tg, method, ablation=config.ablation, steps=config.ig_steps,
+                     batch_size=config.batch_size, feature_threshold=config.feature_threshold,
+                     counterfactual=counterfactual, reference=reference, metric=metric)
+    keys = list(ns.keys) + [LogitNode(len(ids) - 1, -1, "metric")]
+    n = len(keys)
+    adj = sp.csr_matrix((ns.scores, (np.full(n - 1, n - 1), np.arange(n - 1))), shape=(n, n))
+    md = _metadata(model, rm, text, ids, method, config,
+                   {"ablation": config.ablation, "clean_metric": ns.clean_metric,
+                    "forward_passes": ns.forward_passes, "targets": [str(k) for k in tg.keys],
+                    "ig_steps": config.ig_steps if method == "ig" else None})
+    act = np.concatenate([ns.activation, [ns.clean_metric]])
+    tokens = [tok_str[k.pos] for k in ns.keys] + ["metric"]
+    return Graph.from_keys(keys, adj, act, [1.0], md, token=tokens)
+
+
+def _exact_graph(rm, state, tg, config, text, ids, tok_str, progress) -> Graph:
+    model = rm.model
+    nodes = make_node_set(state, rm.layers, config.feature_threshold, len(tg.keys))
+    _check_memory(model, rm, len(ids), nodes.n_features / max(1, len(ids) * len(rm.units)), config)
+    rows = exact_rows(rm, state, nodes, tg, config, progress)
+    keys = nodes.source_keys(ids) + list(tg.keys)
+    act = np.concatenate(
+        [np.linalg.norm(np.asarray(state.embed), axis=-1)]
+        + [f.act.astype(np.float64) for f in nodes.features.values()]
+        + [np.linalg.norm(np.asarray(state.error[l]), axis=-1) for l in rm.layers] + [tg.values])
+    tokens = list(tok_str) + [tok_str[k.pos] for k in keys[len(ids): nodes.logit_offset]] + tg.labels
+    probs = np.concatenate([np.zeros(nodes.logit_offset), tg.probs])
+    keep = np.ones(nodes.n_nodes, dtype=bool)
+    keep[nodes.n_tokens: nodes.error_offset] = rows.processed[nodes.n_tokens: nodes.error_offset]
+    adj, dropped = rows.adjacency, rows.dropped_mass.copy()
+    if not keep.all():  # unprocessed features leave; their kept edges count as dropped
+        dropped += np.asarray(abs(adj[:, ~keep]).sum(axis=1), dtype=np.float64).ravel()
+        idx = np.flatnonzero(keep)
+        adj, dropped = adj[idx][:, idx], dropped[idx]
+        keys = [keys[i] for i in idx]
+        act, probs, tokens = act[idx], probs[idx], [tokens[i] for i in idx]
+    md = _metadata(model, rm, text, ids, "exact", config,
+                   {"backward_passes": rows.backward_passes, "targets": [str(k) for k in tg.keys],
+                    "n_active_features": nodes.n_features})
+    return Graph.from_keys(keys, adj, act, tg.weights, md, token=tokens, logit_prob=probs,
+                           dropped_mass=dropped)
+
+
+__all__ = ["ATTRIBUTION_VERSION", "build_graph", "prompt_tokens"]

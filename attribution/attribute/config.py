@@ -1,0 +1,77 @@
+"""``GraphConfig``: every knob of graph construction, validated once.
+
+Derive variants with ``dataclasses.replace``; never mutate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from attribution.replacement.errors import AttributionMethodError
+
+METHODS = ("exact", "atp", "ig", "patching")
+"""exact: linear attribution edges (batched VJP); atp: attribution patching;
+ig: integrated gradients; patching: exact activation patching."""
+ABLATIONS = ("zero", "mean", "counterfactual")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Graph-construction settings (see ``build_graph``)."""
+
+    batch_size: int = 32
+    """Targets per backward pass (exact), or patched nodes / IG steps per forward."""
+    max_logits: int = 10
+    """At most this many top logits become logit nodes."""
+    logit_prob_mass: float = 0.95
+    """Top logits are taken until their cumulative probability reaches this."""
+    max_feature_nodes: int | None = None
+    """Cap on feature nodes (exact): processed greedily by influence; None = all active."""
+    edges_per_target: int | None = None
+    """Keep the top-k |weight| incoming edges per target (None = no top-k)."""
+    edge_threshold: float | None = None
+    """Keep edges with |weight| >= this (None = no threshold)."""
+    feature_threshold: float = 0.0
+    """A feature is active (a node) when its activation exceeds this in absolute value."""
+    unreplaced_mlps: Literal["frozen", "gradient"] = "frozen"
+    """MLPs without a transcoder: frozen constants (exact) or live gradients (local only)."""
+    ablation: Literal["zero", "mean", "counterfactual"] = "zero"
+    """Baseline of the patching methods (recorded in the graph metadata)."""
+    ig_steps: int = 16
+    """Interpolation steps of integrated gradients (midpoint rule)."""
+    memory_fraction: float = 0.8
+    """Refuse when the estimate exceeds this fraction of available memory."""
+    available_memory_bytes: int | None = None
+    """Memory to check against (None = MemAvailable now); for tests and shared machines."""
+
+    def __post_init__(self) -> None:
+        def pos_int(name, v, lo=1):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise AttributionMethodError(f"GraphConfig.{name} must be an int >= {lo}, got {v!r}")
+
+        pos_int("batch_size", self.batch_size)
+        pos_int("max_logits", self.max_logits)
+        pos_int("ig_steps", self.ig_steps)
+        for name in ("max_feature_nodes", "edges_per_target", "available_memory_bytes"):
+            if getattr(self, name) is not None:
+                pos_int(name, getattr(self, name), 0)
+        if not 0 < self.logit_prob_mass <= 1:
+            raise AttributionMethodError(f"logit_prob_mass must lie in (0, 1], got {self.logit_prob_mass}")
+        if not 0 < self.memory_fraction <= 1:
+            raise AttributionMethodError(f"memory_fraction must lie in (0, 1], got {self.memory_fraction}")
+        if self.edge_threshold is not None and not self.edge_threshold >= 0:
+            raise AttributionMethodError(f"edge_threshold must be >= 0, got {self.edge_threshold}")
+        if not self.feature_threshold >= 0:
+            raise AttributionMethodError(f"feature_threshold must be >= 0, got {self.feature_threshold}")
+        if self.unreplaced_mlps not in ("frozen", "gradient"):
+            raise AttributionMethodError(f"unreplaced_mlps {self.unreplaced_mlps!r}; 'frozen' or 'gradient'")
+        if self.ablation not in ABLATIONS:
+            raise AttributionMethodError(f"ablation {self.ablation!r}; one of {ABLATIONS}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+__all__ = ["ABLATIONS", "METHODS", "GraphConfig"]
