@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from circuits.cli import attribute as _attribute
 from circuits.cli import demo as _demo
 from circuits.cli import doctor as _doctor
 from circuits.cli import evaluate as _evaluate
@@ -23,7 +24,7 @@ from circuits.cli import render as _render
 from circuits.cli import train as _train
 from circuits.cli._common import apply_config
 
-_COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "organism": _organism,
+_COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "organism": _organism, "attribute": _attribute,
              "prune": _prune, "features": _features, "render": _render, "doctor": _doctor}
 
 
