@@ -50,15 +50,55 @@ def test_full_circuit_is_the_model(setup):
 
 def test_empty_circuit_under_zero_ablation_is_bias_only_mlps(setup):
     model, dicts, rm, toks, cf = setup
-    p = _Patcher(rm, toks, metric, "zero")
+    p = _Patcher(rm, toks, metric, "zero", inactive="ablate")
     T = len(toks)
     reps = [Replace(d.out_site, mx.broadcast_to(d.b_dec, (1, T, model.d_model))) for d in dicts]
     assert abs(p.value(*p.masks()) - _plain(model, toks, reps)) < 1e-4
 
 
+def test_empty_circuit_under_counterfactual_is_the_corrupted_prompt(setup):
+    model, dicts, rm, toks, cf = setup
+    p = _Patcher(rm, toks, metric, "counterfactual", cf, inactive="ablate")
+    assert abs(p.value(*p.masks()) - _plain(model, cf)) < 1e-4
+
+
+def test_whole_graph_is_the_model_when_inactive_features_stay_live(setup):
+    from attribution import GraphConfig, build_graph, logit_diff
+    from circuits.pipeline.feature_faithfulness import feature_faithfulness_curve
+
+    model, dicts, rm, toks, cf = setup
+    g = build_graph(model, dicts, toks, targets=logit_diff(model, A, B), config=GraphConfig())
+    curve = feature_faithfulness_curve(rm, toks, g, np.arange(len(g.nodes), dtype=float), metric,
+                                       [0.0, 1.0], "counterfactual", cf)
+    assert curve["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-4)
+    assert curve["faithfulness"].iloc[0] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_kept_tokens_are_clean_and_the_rest_counterfactual(setup):
+    """Keeping every feature/error but only some tokens equals the hybrid-token model."""
+    model, dicts, rm, toks, cf = setup
+    p = _Patcher(rm, toks, metric, "counterfactual", cf)
+    keep = [0, 2, 5]
+    keep_f, keep_e, _ = p.masks(everything=True)
+    _, _, keep_t = p.masks(tokens=keep)
+    hybrid = [t if i in keep else c for i, (t, c) in enumerate(zip(toks, cf))]
+    # every feature live and every error at its clean value, on hybrid tokens:
+    # Replace each MLP output by its live reconstruction plus the clean error.
+    err = _clean_errors(model, dicts, toks)
+    T = len(toks)
+    x = mx.array([hybrid], dtype=mx.int32)
+    reps, cache = [], {}
+    for d in dicts:  # layer by layer, so each layer's input sees earlier replacements
+        c = capture(model, x, [d.in_site], ) if not reps else run(
+            model, x, interventions=reps, capture=[d.in_site]).cache
+        y = d.decode(d.encode(c[d.in_site][0])) + err[d.out_site.layer]
+        reps.append(Replace(d.out_site, y.reshape(1, T, -1)))
+    assert abs(p.value(keep_f, keep_e, keep_t) - _plain(model, hybrid, reps)) < 1e-4
+
+
 def test_one_kept_error_node_adds_exactly_that_error(setup):
     model, dicts, rm, toks, cf = setup
-    p = _Patcher(rm, toks, metric, "zero")
+    p = _Patcher(rm, toks, metric, "zero", inactive="ablate")
     T, keep = len(toks), (1, 4)
     err = _clean_errors(model, dicts, toks)
     reps = []
@@ -67,7 +107,7 @@ def test_one_kept_error_node_adds_exactly_that_error(setup):
         if d.out_site.layer == keep[0]:
             v = v + mx.where(mx.arange(T)[:, None] == keep[1], err[keep[0]], 0.0)
         reps.append(Replace(d.out_site, v[None]))
-    got = p.value(*p.masks(errors=[keep]))
+    got = p.value(*p.masks(errors=[keep], tokens=range(T)))
     assert abs(got - _plain(model, toks, reps)) < 1e-4
 
 
