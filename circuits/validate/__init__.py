@@ -1,0 +1,33 @@
+"""Validation of component circuits: faithfulness, completeness, MIB curves (CPR/CMD),
+predicted-vs-measured agreement and bootstrap stability (DESIGN.md B5, C).
+
+Every function takes a ``circuits.discover.MaskedModel`` (or a model and task data)
+so the ablation used outside the circuit is the one recorded on the results.
+"""
+
+from __future__ import annotations
+
+from circuits.validate.agreement import (
+    Agreement,
+    measured_node_effects,
+    predicted_vs_measured,
+)
+from circuits.validate.faithfulness import (
+    MIB_FRACTIONS,
+    Curve,
+    Faithfulness,
+    area_under,
+    cmd,
+    cpr,
+    faithfulness,
+    faithfulness_curve,
+    normalised,
+    smallest_faithful,
+)
+from circuits.validate.stability import Stability, jaccard, stability
+
+__all__ = [
+    "MIB_FRACTIONS", "Agreement", "Curve", "Faithfulness", "Stability", "area_under", "cmd",
+    "cpr", "faithfulness", "faithfulness_curve", "jaccard", "measured_node_effects",
+    "normalised", "predicted_vs_measured", "smallest_faithful", "stability",
+]
