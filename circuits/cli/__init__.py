@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from circuits.cli import attribute as _attribute
+from circuits.cli import bench as _bench
 from circuits.cli import demo as _demo
 from circuits.cli import doctor as _doctor
 from circuits.cli import evaluate as _evaluate
@@ -21,11 +22,14 @@ from circuits.cli import features as _features
 from circuits.cli import organism as _organism
 from circuits.cli import prune as _prune
 from circuits.cli import render as _render
+from circuits.cli import report as _report
+from circuits.cli import validate as _validate
 from circuits.cli import train as _train
 from circuits.cli._common import apply_config
 
-_COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "organism": _organism, "attribute": _attribute,
-             "prune": _prune, "features": _features, "render": _render, "doctor": _doctor}
+_COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "attribute": _attribute,
+             "prune": _prune, "validate": _validate, "features": _features, "render": _render,
+             "report": _report, "bench": _bench, "organism": _organism, "doctor": _doctor}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,9 +22,8 @@ def add_parser(sub, name: str) -> None:
     t = osub.add_parser("train", help="train an organism from its recipe")
     t.add_argument("name")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     t.add_argument("--out", type=Path, default=Path("out/organisms"))
-    t.add_argument("--no-ground-truth", action="store_true", help="skip the ground-truth search")
+    t.add_argument("--no-ground-truth", action="store_true", help="skip head scores and the ground-truth search")
     c = osub.add_parser("card", help="print an organism's model card")
     c.add_argument("name")
     g = osub.add_parser("ground-truth", help="recompute an organism's exact-patching ground truth")
@@ -44,7 +43,7 @@ def run(args) -> int:
     elif args.action == "ground-truth":
         with progress(args, "ground truth") as bar:
             gt = organisms.ground_truth(args.name, write=args.write,
-                                        on_progress=lambda d, t, *a: bar(d, t))
+                                        on_progress=lambda stage, d, t: bar(d, t))
         rec = gt.to_dict() if hasattr(gt, "to_dict") else {"ground_truth": str(gt)}
         emit(args, rec, [f"{t}: {', '.join(map(str, g.circuit))}" for t, g in gt.tasks.items()]
              if hasattr(gt, "tasks") else [str(gt)])
@@ -56,13 +55,23 @@ def run(args) -> int:
 def _train(args, organisms) -> int:
     from circuits.organisms.ship import ship
 
+    from circuits.organisms.card import read_card
+    from circuits.organisms.training import train
+
+    from circuits.errors import OrganismError
+
+    if args.name not in organisms.RECIPES:
+        raise OrganismError(f"unknown organism {args.name!r}; known: {', '.join(organisms.RECIPES)}")
     out = Path(args.out) / args.name
-    with staged(out) as tmp, progress(args, f"train {args.name}", args.steps) as bar:
-        result = ship(args.name, tmp, seed=args.seed, steps=args.steps,
-                      ground_truth=not args.no_ground_truth,
-                      on_step=lambda step, loss, lr: bar(step, loss=loss))
-    card = organisms.card_at(out) if hasattr(organisms, "card_at") else {}
-    rec = {"out": str(out), "result": getattr(result, "_asdict", lambda: str(result))()}
-    emit(args, rec, [f"trained {args.name} -> {out}"] + [f"{k}: {v}" for k, v in card.items()
-                                                          if k in ("accuracy", "train_seconds")])
+    total = organisms.RECIPES[args.name].steps
+    with staged(out) as tmp:
+        with progress(args, f"train {args.name}", total) as bar:
+            if args.no_ground_truth:
+                train(args.name, tmp, seed=args.seed, on_step=lambda step, loss, lr: bar(step, loss=loss))
+            else:
+                ship(args.name, tmp, seed=args.seed, on_step=lambda step, loss, lr: bar(step, loss=loss))
+        card = read_card(tmp)
+    rec = {"out": str(out), "card": card}
+    emit(args, rec, [f"trained {args.name} -> {out}"] + [
+        f"{k}: {v}" for k, v in card.items() if k not in ("model_config", "recipe", "heads", "ground_truth")])
     return 0
