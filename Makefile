@@ -5,16 +5,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast setup system-deps doctor bench clean
+.PHONY: demo test test-fast test-retrain setup system-deps doctor bench clean
 
 demo: setup
 	$(VENV)/bin/circuits demo
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not retrain" $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not retrain" $(PYTEST_ARGS)
+
+test-retrain: setup
+	$(PY) -m pytest -q -m retrain $(PYTEST_ARGS)
 
 doctor: setup
 	$(VENV)/bin/circuits doctor
@@ -34,6 +37,9 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 bench: setup
 	$(PY) benchmarks/capture_overhead.py
+	$(PY) benchmarks/attribution_graph.py
+	$(PY) benchmarks/sae_train.py
+	$(PY) benchmarks/features.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -104,6 +104,7 @@ def test_head_scores_match_manual_patterns(models):
 
 
 @pytest.mark.slow
+@pytest.mark.retrain
 @pytest.mark.parametrize("name", ["induction", "ioi"])
 def test_retraining_reproduces_card(name, tmp_path):
     """Retraining with the card's seed gives the card's held-out metrics.
