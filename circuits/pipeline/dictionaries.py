@@ -90,9 +90,10 @@ def evaluate_dictionaries(model, dicts: dict, corpus: str | None = None, n_docs:
     ctx = min(64, model.max_context or 64)
     tokens = mx.array(np.stack(list(islice(pack_tokens(model, texts, ctx), 32))))
     spliced = evaluate_spliced(model, dicts, tokens, baseline=ce_baseline)
-    return pd.concat([recon.reset_index(drop=True),
-                      spliced.drop(columns=[c for c in spliced.columns if c in recon.columns])
-                      .reset_index(drop=True)], axis=1)
+    recon = recon.rename_axis("name").reset_index()
+    recon["name"] = [str(k) for k in dicts]
+    extra = spliced.drop(columns=[c for c in spliced.columns if c in recon.columns])
+    return pd.concat([recon, extra.reset_index(drop=True)], axis=1)
 
 
 def _sites(d) -> list:
