@@ -6,14 +6,17 @@
    per group placed at the rounded mean layer and median position of its members;
    every other node is drawn as itself.
 3. Sum signed edge weights per pair of drawn nodes (edges inside a group vanish); drop
-   |sum| below ``style.min_abs_weight``; order edges by (source, target) draw order.
+   |sum| below ``style.min_abs_weight``; keep the ``style.max_edges`` strongest by
+   |sum| (display only, noted in the legend); order edges by (source, target) draw order.
 4. Rows: embeddings, every layer that has a node, logits; columns: token positions,
    labelled by the token row (``metadata['tokens']`` fills positions without a token node).
+   Within a (layer, position) cell: features by feature id, then supernodes, errors,
+   logits (in graph order).
 5. Node labels: feature ``L{layer} · #{id}``, description (``label`` column, else
    ``descriptions[key]``), activation; error ``err L{layer}`` and its norm; token text
    and position; logit token and probability.
-6. Lay out with ``_layout.layout_dot`` and append a legend (shapes, colours, widths,
-   method/ablation from metadata).
+6. Lay out with ``_layout.layout_dot`` (fixed grid positions) and append a legend
+   (shapes, colours, widths, method/ablation from metadata, "showing N of M edges").
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ def _node_label(row, desc: str, style: CircuitStyle) -> tuple[str, str]:
     return "<BR/>".join(lines), tip
 
 
+_KIND_RANK = {"token": 0, "feature": 1, "error": 3, "logit": 4}
+"""Order of node kinds inside one cell (supernodes rank 2)."""
+
+
 def _rows_of(layers: list[int], n_layers: int) -> tuple[dict[int, int], dict[int, str]]:
     present = sorted(set(layers) | {-1, n_layers})
     names = {lay: ("Emb" if lay == -1 else "Logits" if lay == n_layers else f"L{lay}") for lay in present}
@@ -103,7 +110,7 @@ def _draw_nodes(graph: Graph, style: CircuitStyle, descriptions: Mapping[str, st
     t = graph.nodes
     layers = [int(x) for i, x in enumerate(t["layer"].tolist()) if i not in member_of]
     row_of, row_labels = _rows_of(layers + [s["layer"] for s in supers.values()], graph.n_layers)
-    drawn, ident = [], {}
+    drawn, ident, within = [], {}, {}
     for i, rec in enumerate(t.to_dict("records")):
         if i in member_of:
             ident[i] = f"super:{member_of[i]}"
@@ -112,6 +119,7 @@ def _draw_nodes(graph: Graph, style: CircuitStyle, descriptions: Mapping[str, st
         label, tip = _node_label(rec, desc, style)
         drawn.append(DrawNode(rec["key"], rec["type"], row_of[rec["layer"]], rec["pos"], label, tip))
         ident[i] = rec["key"]
+        within[rec["key"]] = (_KIND_RANK.get(rec["type"], 9), int(rec["feature"]) if rec["type"] == "feature" else i)
     auto = bool(style.supernodes_auto)
     for name, s in supers.items():
         lines = [f"<B>{html_text(shorten(name, style.max_desc_chars + 6))}</B>",
@@ -120,13 +128,16 @@ def _draw_nodes(graph: Graph, style: CircuitStyle, descriptions: Mapping[str, st
         tip = f"supernode {name}: " + ", ".join(t["key"].iat[i] for i in s["rows"])
         drawn.append(DrawNode(f"super:{name}", "supernode", row_of[s["layer"]], s["pos"], "<BR/>".join(lines),
                               tip, dashed=auto))
-    order = {n.id: k for k, n in enumerate(sorted(drawn, key=lambda n: (n.row, n.col)))}
+    order = {n.id: k for k, n in enumerate(sorted(drawn, key=lambda n: (n.row, n.col, *within.get(n.id, (2, 0)),
+                                                                          n.id)))}
     drawn.sort(key=lambda n: order[n.id])
     return drawn, ident, row_labels, order
 
 
-def _draw_edges(graph: Graph, ident: dict[int, str], order: dict[str, int], style: CircuitStyle) -> list[DrawEdge]:
-    """Edges summed per drawn pair, filtered and sorted (step 3)."""
+def _draw_edges(graph: Graph, ident: dict[int, str], order: dict[str, int],
+                style: CircuitStyle) -> tuple[list[DrawEdge], int]:
+    """Edges summed per drawn pair, filtered, capped and sorted, and the count before
+    the ``max_edges`` cap (step 3)."""
     src, tgt, w = graph.edge_arrays()
     sums: dict[tuple[str, str], float] = {}
     for s, d, x in zip(src.tolist(), tgt.tolist(), w.tolist()):
@@ -134,7 +145,12 @@ def _draw_edges(graph: Graph, ident: dict[int, str], order: dict[str, int], styl
         if a != b:
             sums[(a, b)] = sums.get((a, b), 0.0) + x
     edges = [DrawEdge(a, b, x) for (a, b), x in sums.items() if x != 0 and abs(x) >= style.min_abs_weight]
-    return sorted(edges, key=lambda e: (order[e.source], order[e.target]))
+    total = len(edges)
+    if style.max_edges is not None and total > style.max_edges:
+        # strongest first; ties broken by draw order so the cut is deterministic
+        edges.sort(key=lambda e: (-abs(e.weight), order[e.source], order[e.target]))
+        edges = edges[:style.max_edges]
+    return sorted(edges, key=lambda e: (order[e.source], order[e.target])), total
 
 
 def _col_labels(graph: Graph, cols: set[int]) -> dict[int, str]:
@@ -163,9 +179,11 @@ def legend_html(style: CircuitStyle, clip: float, title: str, notes: list[str], 
             f'<TR><TD COLSPAN="{len(kinds)}"><FONT POINT-SIZE="{fs}"> </FONT></TD></TR>{"".join(rows)}</TABLE>')
 
 
-def _notes(graph: Graph, style: CircuitStyle) -> list[str]:
+def _notes(graph: Graph, style: CircuitStyle, shown: int, total: int) -> list[str]:
     md = graph.metadata
     parts = [f"{k}: {md[k]}" for k in ("model", "method", "ablation") if isinstance(md.get(k), (str, int, float))]
+    if shown < total:
+        parts.append(f"showing {shown} of {total} edges (strongest |weight|)")
     notes = [" · ".join(parts)] if parts else []
     if style.supernodes:
         notes.append("supernodes (bold): summed edges; " + (style.supernodes_auto + " (dashed)"
@@ -182,14 +200,15 @@ def to_dot(graph_or_circuit, style: CircuitStyle | None = None,
     graph = as_graph(graph_or_circuit)
     desc = {str(as_key(k)): str(v) for k, v in (descriptions or {}).items()}
     nodes, ident, row_labels, order = _draw_nodes(graph, style, desc)
-    edges = _draw_edges(graph, ident, order, style)
+    edges, total = _draw_edges(graph, ident, order, style)
     cols = {n.col for n in nodes}
     title = style.title or str(graph.metadata.get("prompt", "") or "")
     legend = ""
     if style.show_legend:
         kinds = [k for k in ("token", "feature", "error", "logit", "supernode") if any(n.kind == k for n in nodes)]
         clip = clip_value(np.abs(np.array([e.weight for e in edges], dtype=np.float64)), style)
-        legend = legend_html(style, clip, shorten(title, 100), _notes(graph, style), kinds or ["feature"])
+        notes = _notes(graph, style, len(edges), total)
+        legend = legend_html(style, clip, shorten(title, 100), notes, kinds or ["feature"])
     return layout_dot("circuit", nodes, edges, row_labels, _col_labels(graph, cols), style, legend)
 
 

@@ -93,10 +93,21 @@ class CircuitStyle:
     supernodes_auto: str = ""
     """Non-empty when ``supernodes`` came from ``auto_supernodes``: the method text
     shown in the legend, and supernodes are drawn dashed and tagged "auto"."""
-    nodesep: float = 0.25
-    """Graphviz ``nodesep`` (inches) between nodes of one row."""
-    ranksep: float = 0.8
-    """Graphviz ``ranksep`` (inches) between rows."""
+    nodesep: float = 0.12
+    """Gap (inches) between nodes side by side in one cell, and between wrapped lines."""
+    ranksep: float = 0.45
+    """Gap (inches) between rows (layers)."""
+    colsep: float = 0.25
+    """Gap (inches) between columns (token positions)."""
+    page_size: tuple[float, float] = (9.0, 6.0)
+    """(width, height) in inches of the page the figure should fit: crowded cells wrap
+    onto as many lines as make the figure largest when scaled to fit it."""
+    splines: str = "true"
+    """Graphviz ``splines`` for edges: ``true`` routes smooth curves around nodes,
+    ``curved`` draws simple arcs (faster, may pass under nodes)."""
+    max_edges: int | None = None
+    """Draw only this many strongest edges by |weight| (display only; the legend
+    says "showing N of M edges"); None: all."""
 
     def __post_init__(self) -> None:
         if not 0 < self.min_width <= self.max_width:
@@ -107,6 +118,10 @@ class CircuitStyle:
             raise VizError(f"clip_quantile must be in (0, 1], got {self.clip_quantile}")
         if self.max_desc_chars < 4:
             raise VizError(f"max_desc_chars must be >= 4, got {self.max_desc_chars}")
+        if self.max_edges is not None and self.max_edges < 0:
+            raise VizError(f"max_edges must be >= 0 or None, got {self.max_edges}")
+        if len(self.page_size) != 2 or not min(self.page_size) > 0:
+            raise VizError(f"page_size must be two positive inches, got {self.page_size}")
         if len(self.edge_alpha) != 2 or any(c not in "0123456789abcdefABCDEF" for c in self.edge_alpha):
             raise VizError(f"edge_alpha must be two hex digits, got {self.edge_alpha!r}")
         # Freeze the mapping so a style can be shared safely.

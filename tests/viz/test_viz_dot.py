@@ -24,6 +24,8 @@ from viz.style import NEGATIVE, POSITIVE
 
 GOLDEN = Path(__file__).parent / "golden"
 NODE_RE = re.compile(r'^    "([^"]+)" \[shape="(\w+)"', re.MULTILINE)
+POS_RE = re.compile(r'^    "([^"]+)" \[.*pos="([\d.-]+),([\d.-]+)!"', re.MULTILINE)
+ROW_RE = re.compile(r"subgraph row_(\d+) \{\n(.*?)\n  \}", re.DOTALL)
 EDGE_RE = re.compile(
     r'^  "([^"]+)" -> "([^"]+)" \[color="(#[0-9A-Fa-f]{6})[0-9A-Fa-f]{2}", penwidth=([\d.]+)', re.MULTILINE)
 
@@ -54,19 +56,48 @@ def test_nodes_edges_colours_widths(circuit):
     order = np.argsort(absw)
     assert (np.diff(widths[order]) >= -0.011).all()
     assert widths.max() == pytest.approx(style.max_width)
-    assert "rankdir=\"BT\"" in dot and "positive effect" in dot and "negative effect" in dot
+    assert 'layout="neato"' in dot and 'outputorder="edgesfirst"' in dot
+    assert "positive effect" in dot and "negative effect" in dot
 
 
 def test_rows_are_layers_bottom_to_top(circuit):
     dot = to_dot(circuit)
     layer = dict(zip(circuit.nodes["key"], circuit.nodes["layer"]))
-    blocks = re.findall(r"subgraph row_(\d+) \{\n    rank=same;\n(.*?)\n  \}", dot, re.DOTALL)
     seen = []
-    for _, body in blocks:
+    for _, body in ROW_RE.findall(dot):
         layers = {layer[n] for n, _ in NODE_RE.findall(body) if not n.startswith("_")}
         assert len(layers) == 1
         seen.append(layers.pop())
     assert seen == sorted(seen) and seen[0] == -1 and seen[-1] == circuit.n_layers
+    # pinned positions: every node pinned, rows strictly bottom-up, columns left to right
+    pos = {n: (float(x), float(y)) for n, x, y in POS_RE.findall(dot)}
+    assert set(circuit.nodes["key"]) <= set(pos)
+    t = circuit.nodes.set_index("key")
+    for a in t.index:
+        for b in t.index:
+            if t.at[a, "layer"] < t.at[b, "layer"]:
+                assert pos[a][1] < pos[b][1]
+            if t.at[a, "pos"] < t.at[b, "pos"]:
+                assert pos[a][0] < pos[b][0]
+
+
+def test_cell_order_by_feature_id():
+    g = make_circuit(n_layers=2, n_pos=2, per_layer=6, n_errors=0, seed=1)
+    pos = {n: (float(x), float(y)) for n, x, y in POS_RE.findall(to_dot(g, CircuitStyle(page_size=(40, 4))))}
+    feats = g.nodes_of("feature")
+    for a in feats:  # a wide page: cells stay one line, side by side by feature id
+        for b in feats:
+            if (a.layer, a.pos) == (b.layer, b.pos) and a.feature < b.feature:
+                assert pos[str(a)][0] < pos[str(b)][0] and pos[str(a)][1] == pos[str(b)][1]
+
+
+def test_max_edges_keeps_the_strongest(circuit):
+    ref = circuit.edges()
+    _, edges = parse(to_dot(circuit, CircuitStyle(max_edges=20)))
+    strongest = ref.reindex(ref["weight"].abs().sort_values(ascending=False).index).head(20)
+    assert set(edges) == set(zip(strongest["source"], strongest["target"]))
+    assert f"showing 20 of {len(ref)} edges" in to_dot(circuit, CircuitStyle(max_edges=20))
+    assert "showing" not in to_dot(circuit, CircuitStyle(max_edges=len(ref)))
 
 
 def test_deterministic_and_order_independent(circuit):
@@ -174,8 +205,7 @@ def test_component_circuit():
     assert len(edges) == len(COMP_EDGES)
     for s, t, w in COMP_EDGES.itertuples(index=False):
         assert edges[(s, t)][0] == (POSITIVE if w > 0 else NEGATIVE)
-    rows = {n: int(r) for r, body in re.findall(r"subgraph row_(\d+) \{\n(.*?)\n  \}", dot, re.DOTALL)
-            for n, _ in NODE_RE.findall(body)}
+    rows = {n: int(r) for r, body in ROW_RE.findall(dot) for n, _ in NODE_RE.findall(body)}
     order = ["embed", "L0.H1", "L0.MLP", "L1.H0", "L1.MLP", "logits"]
     assert [rows[n] for n in order] == sorted(rows[n] for n in order) and rows["L0.H1"] == rows["L0.H3"]
     assert len({rows[n] for n in order}) == len(order)
@@ -191,5 +221,9 @@ def test_style_validation():
         CircuitStyle(min_width=5, max_width=1)
     with pytest.raises(VizError):
         CircuitStyle(edge_alpha="zz")
+    with pytest.raises(VizError):
+        CircuitStyle(max_edges=-1)
+    with pytest.raises(VizError):
+        CircuitStyle(page_size=(9, 0))
     s = CircuitStyle(supernodes={"a": [FeatureNode(0, 0, 1)]})
     assert dict(s.supernodes) == {"a": ("feat:0:0:1",)}

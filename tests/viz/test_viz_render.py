@@ -1,15 +1,19 @@
 """Rendering with Graphviz: SVG/PDF/PNG files, every node present in the SVG, no two
 node boxes overlapping and columns/rows in order on a ~30-node circuit (positions from
-``dot -Tjson``), a clear error when ``dot`` is missing, atomic writes."""
+``-Tjson``), a demo-size circuit (~56 nodes, ~250 edges) that fits a landscape page with
+edges inside the grid, the engine choice, a clear error when ``dot`` is missing, atomic
+writes."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
+from viz_synthetic import make_circuit
 
 from viz import CircuitStyle, GraphvizNotFoundError, RenderError, render, run_dot, to_dot
 
@@ -40,9 +44,9 @@ def test_pdf_and_png(circuit, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _boxes(dot_text: str) -> list[dict]:
-    """Visible nodes with their box in points, from ``dot -Tjson``."""
-    doc = json.loads(run_dot(dot_text, "json"))
+def _boxes(dot_text: str, doc: dict | None = None) -> list[dict]:
+    """Visible nodes with their box in points, from ``-Tjson``."""
+    doc = doc or json.loads(run_dot(dot_text, "json"))
     out = []
     for o in doc["objects"]:
         if "pos" not in o or o.get("style") == "invis" or "nodes" in o:
@@ -54,6 +58,14 @@ def _boxes(dot_text: str) -> list[dict]:
     return out
 
 
+def _assert_no_overlap(boxes: list[dict]) -> None:
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            overlap_x = min(a["x1"], b["x1"]) - max(a["x0"], b["x0"])
+            overlap_y = min(a["y1"], b["y1"]) - max(a["y0"], b["y0"])
+            assert overlap_x <= 0.5 or overlap_y <= 0.5, f"{a['name']} overlaps {b['name']}"
+
+
 @pytest.mark.parametrize("groups", [False, True])
 def test_no_overlaps_and_grid_order(circuit, groups):
     feats = [str(k) for k in circuit.nodes_of("feature")]
@@ -61,15 +73,11 @@ def test_no_overlaps_and_grid_order(circuit, groups):
     boxes = _boxes(to_dot(circuit, style))
     drawn = {b["name"] for b in boxes}
     assert {k for k in circuit.nodes["key"] if not (groups and k in feats[3:6])} <= drawn
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
-            overlap_x = min(a["x1"], b["x1"]) - max(a["x0"], b["x0"])
-            overlap_y = min(a["y1"], b["y1"]) - max(a["y0"], b["y0"])
-            assert overlap_x <= 0.5 or overlap_y <= 0.5, f"{a['name']} overlaps {b['name']}"
+    _assert_no_overlap(boxes)
     t = circuit.nodes.set_index("key")
     real = [b for b in boxes if b["name"] in t.index]
     across, pairs = 0, 0
-    for a in real:  # rows: higher layer is drawn higher (rankdir=BT); columns keep position order
+    for a in real:  # rows: higher layer is drawn higher (embeddings at the bottom); columns keep position order
         for b in real:
             la, lb = t.at[a["name"], "layer"], t.at[b["name"], "layer"]
             pa, pb = t.at[a["name"], "pos"], t.at[b["name"], "pos"]
@@ -81,6 +89,47 @@ def test_no_overlaps_and_grid_order(circuit, groups):
                 pairs += 1
                 across += a["x"] >= b["x"]
     assert across <= 0.01 * pairs, f"{across} of {pairs} cross-row pairs out of column order"
+
+
+def test_demo_size_circuit_fits_a_page():
+    """~56 nodes, ~250 edges, features crowded into the last positions (like the demo)."""
+    g = make_circuit(n_layers=4, n_pos=15, per_layer=9, n_errors=3, seed=7, fan_in=6, focus=4)
+    assert g.n_edges > 200 and len(g.nodes) > 50
+    dot = to_dot(g)
+    doc = json.loads(run_dot(dot, "json"))
+    x0, y0, x1, y1 = map(float, doc["bb"].split(","))
+    assert (x1 - x0) / (y1 - y0) <= 3.0 and (x1 - x0) / 72 <= 24  # landscape, ~0.4x or larger on a page
+    boxes = _boxes(dot, doc)
+    assert set(g.nodes["key"]) <= {b["name"] for b in boxes}
+    _assert_no_overlap(boxes)
+    # edges stay near the grid: no control point beyond the node extent + 1 inch (the old
+    # layout looped edges tens of inches out)
+    gx0, gx1 = min(b["x0"] for b in boxes) - 72, max(b["x1"] for b in boxes) + 72
+    gy0, gy1 = min(b["y0"] for b in boxes) - 72, max(b["y1"] for b in boxes) + 72
+    n_edges = 0
+    for e in doc.get("edges", []):
+        if e.get("style") == "invis":
+            continue
+        n_edges += 1
+        for op in e.get("_draw_", []):
+            for px, py in op.get("points", []):
+                assert gx0 <= px <= gx1 and gy0 <= py <= gy1, f"edge {e['tail']}->{e['head']} leaves the grid"
+    assert n_edges == g.n_edges
+    few = to_dot(g, CircuitStyle(max_edges=120))
+    assert len(re.findall(r'^  "[^"]+" -> ', few, re.MULTILINE)) == 120 and f"showing 120 of {g.n_edges} edges" in few
+
+
+def test_engine_choice(monkeypatch):
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        return render_mod.subprocess.CompletedProcess(cmd, 0, b"ok", b"")
+
+    monkeypatch.setattr(render_mod.subprocess, "run", fake_run)
+    run_dot('digraph { graph [layout="neato"]; a [pos="0,0!"] }', "svg")
+    run_dot("digraph { a -> b }", "svg")
+    assert seen[0][1:3] == ["-Kneato", "-n2"] and "-Kneato" not in seen[1]
 
 
 def test_missing_dot_is_a_clear_error(circuit, tmp_path, monkeypatch):

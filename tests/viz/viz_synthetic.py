@@ -13,15 +13,18 @@ WORDS = ["name mover", "duplicate token", "previous token", "induction", "S-inhi
 
 
 def make_circuit(n_layers: int = 4, n_pos: int = 6, per_layer: int = 5, n_errors: int = 3, seed: int = 0,
-                 labels: bool = True) -> Graph:
+                 labels: bool = True, fan_in: int = 3, focus: int = 0) -> Graph:
     """A random layered circuit: ``n_pos`` tokens, ``per_layer`` features per layer,
     a few error nodes, two logits (one a vocabulary logit, one ``logit_diff``) and
-    edges only upward. About 5 + 4*5 + 3 + 2 = 30 nodes with the defaults."""
+    edges only upward, ``fan_in`` into each node. ``focus`` > 0 puts features only at
+    the last ``focus`` positions (crowded cells, like real circuits). About
+    5 + 4*5 + 3 + 2 = 30 nodes with the defaults."""
     rng = np.random.default_rng(seed)
     keys: list = [TokenNode(p, 100 + p) for p in range(n_pos)]
-    tok = list(TOKENS[:n_pos])
+    tok = [TOKENS[p % len(TOKENS)] for p in range(n_pos)]
     for layer in range(n_layers):
-        pos = np.sort(rng.choice(n_pos, size=per_layer, replace=True))
+        lo = n_pos - focus if focus else 0
+        pos = np.sort(rng.choice(np.arange(lo, n_pos), size=per_layer, replace=True))
         used = set()
         for p in pos.tolist():
             f = int(rng.integers(0, 16384))
@@ -40,7 +43,7 @@ def make_circuit(n_layers: int = 4, n_pos: int = 6, per_layer: int = 5, n_errors
         below = np.flatnonzero(layer_of < layer_of[t])
         if below.size == 0:
             continue
-        for s in rng.choice(below, size=min(3, below.size), replace=False):
+        for s in rng.choice(below, size=min(fan_in, below.size), replace=False):
             a[t, s] = float(rng.normal() * rng.choice([0.1, 1.0, 3.0]))
     act = np.abs(rng.normal(size=n)) * 3
     token = [tok[k.pos] if isinstance(k, TokenNode) else (" Mary" if isinstance(k, LogitNode) else "")
