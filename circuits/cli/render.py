@@ -18,6 +18,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--graph", type=Path, default=Path("out/circuit/graph"), help="graph directory")
     p.add_argument("--out", type=Path, nargs="+", default=[Path("out/circuit.svg")],
                    help="output files; format from the suffix (.svg .pdf .png .dot)")
+    p.add_argument("--max-edges", type=int, default=None,
+                   help="draw only the N strongest edges (noted in the legend)")
     p.add_argument("--config", type=Path, default=None, help="TOML or JSON options file")
 
 
@@ -26,7 +28,10 @@ def run(args) -> int:
     from viz.dot import to_dot
     from viz.render import render
 
+    from viz.style import CircuitStyle
+
     graph = Graph.load(args.graph)
+    style = CircuitStyle(max_edges=args.max_edges)
     written = []
     for out in args.out:
         out = Path(out)
@@ -34,9 +39,9 @@ def run(args) -> int:
             from viz._atomic import atomic_write_text
 
             out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out, to_dot(graph))
+            atomic_write_text(out, to_dot(graph, style=style))
         else:
-            render(graph, out)
+            render(graph, out, style=style)
         written.append(str(out))
     emit(args, {"written": written}, [f"wrote {w}" for w in written])
     return 0

@@ -195,13 +195,14 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
     import pandas as pd
 
     from viz.dot import to_dot
+    from viz.style import CircuitStyle
     from viz.plots import faithfulness_curves, predicted_vs_measured
     from viz.render import render
     from viz.report import standard_sections, write_report
 
     arts = {}
     desc = describe_features(model, dicts, circuit.graph)
-    dot = to_dot(circuit, descriptions=desc)
+    dot = to_dot(circuit, style=CircuitStyle(max_edges=120), descriptions=desc)
     (out / "circuit.dot").write_text(dot)
     for ext in ("svg", "png", "pdf"):
         arts[f"circuit.{ext}"] = str(render(dot, out / f"circuit.{ext}"))
