@@ -62,6 +62,9 @@ def run(args) -> int:
              f"faithfulness (patching, counterfactual) {f['faithfulness']:.3f}; "
              f"complement {f['completeness_patching']:.3f}",
              f"IG vs patching r = {f['ig_vs_patching_r']:.3f} (AtP r = {f['atp_vs_patching_r']:.3f})",
+             f"graph-predicted vs measured feature ablations: r = "
+             f"{f['graph_vs_patching_r_constrained']:.3f} (constrained), "
+             f"{f['graph_vs_patching_r_iterative']:.3f} (iterative)",
              f"transcoders: mean FVU {f['fvu_mean']:.3f}, mean CE recovered {f['ce_recovered_mean']:.3f}",
              "artifacts:"] + [f"  {k:28s} {v}" for k, v in res.artifacts.items()] + [
              f"wall time {wall:.0f} s"]

@@ -137,8 +137,23 @@ def validate_stage(model, dicts, graph, circuit, example, cfg: DemoConfig, out: 
     progress("validate", 1, 3)
     agree = ig_vs_patching(model, dicts, cfg, lambda d, t: progress("IG vs patching", d, t))
     agree.to_csv(out / "ig_vs_patching.csv", index=False)
+    progress("validate", 2, 3)
+    effects = predicted_effects(model, dicts, cfg)
+    effects.to_csv(out / "predicted_vs_measured.csv", index=False)
     progress("validate", 3, 3)
-    return faith, curve, agree
+    return faith, curve, agree, effects
+
+
+def predicted_effects(model, dicts, cfg: DemoConfig) -> "pd.DataFrame":
+    """Graph-predicted vs patching-measured effects of the top feature nodes on several prompts."""
+    import pandas as pd
+
+    from circuits.validate.feature_agreement import feature_effects
+
+    data = _task(model, cfg.task, cfg.agreement_prompts, seed=11)
+    frames = [feature_effects(model, dicts, c, g, b, top_n=15, prompt=i)
+              for i, (c, _, g, b) in enumerate(_example(data, i) for i in range(len(data)))]
+    return pd.concat(frames, ignore_index=True)
 
 
 def ig_vs_patching(model, dicts, cfg: DemoConfig, progress) -> "pd.DataFrame":
@@ -190,7 +205,7 @@ def describe_features(model, dicts, graph, n: int = 3) -> dict:
 
 
 def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, history,
-                  cfg: DemoConfig, out: Path, progress: Progress) -> dict:
+                  cfg: DemoConfig, out: Path, progress: Progress, effects=None) -> dict:
     """Step 5: figures, dashboards, co-activation, report. Returns name -> path."""
     import pandas as pd
 
@@ -215,6 +230,12 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
                                         path=out / "ig_vs_patching.svg")
     arts.update({"faithfulness_curve.svg": str(out / "faithfulness_curve.svg"),
                  "ig_vs_patching.svg": str(out / "ig_vs_patching.svg")})
+    if effects is not None and len(effects):
+        predicted_vs_measured(effects["predicted_total"], effects["measured_iterative"],
+                              title="Graph-predicted vs measured feature ablation (iterative)",
+                              xlabel="predicted by the graph (total effect)",
+                              ylabel="measured by patching", path=out / "graph_vs_patching.svg")
+        arts["graph_vs_patching.svg"] = str(out / "graph_vs_patching.svg")
     progress("figures", 1, 3)
     links, co_fig = feature_pages(model, dicts, circuit, cfg, out, arts) if cfg.dashboards else ({}, None)
     progress("figures", 2, 3)
@@ -222,6 +243,10 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
               "Graph scores": pd.DataFrame([{"graph": k, **getattr(circuit.scores, k)._asdict()}
                                             for k in ("full", "pruned", "merged")]),
               "Validation (activation patching, counterfactual)": pd.DataFrame([asdict(faith)])}
+    if effects is not None and len(effects):
+        from circuits.validate.feature_agreement import agreement_summary
+
+        tables["Graph-predicted vs measured feature effects"] = agreement_summary(effects)
     sections = standard_sections(circuit=out / "circuit.svg", tables=tables, faithfulness=fig_curve,
                                  scatter=fig_scatter, coactivation=co_fig, dashboards=links,
                                  ablation="counterfactual")
@@ -284,11 +309,11 @@ def run_demo(out: Path, model_path: str | None = None, cfg: DemoConfig = DemoCon
     graph, circuit, example = graph_stage(model, dicts, cfg, out, progress)
     t["graph_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    faith, curve, agree = validate_stage(model, dicts, graph, circuit, example, cfg, out, progress)
+    faith, curve, agree, effects = validate_stage(model, dicts, graph, circuit, example, cfg, out, progress)
     t["validate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     arts = figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, history,
-                         cfg, out, progress)
+                         cfg, out, progress, effects)
     t["figures_s"] = time.perf_counter() - t0
     s = circuit.scores
     figures = {
@@ -302,6 +327,8 @@ def run_demo(out: Path, model_path: str | None = None, cfg: DemoConfig = DemoCon
         "faithfulness": faith.faithfulness, "completeness_patching": faith.completeness,
         "ig_vs_patching_r": _pearson(agree["ig"], agree["patching"]),
         "atp_vs_patching_r": _pearson(agree["atp"], agree["patching"]),
+        "graph_vs_patching_r_constrained": _pearson(effects["predicted_direct"], effects["measured_constrained"]),
+        "graph_vs_patching_r_iterative": _pearson(effects["predicted_total"], effects["measured_iterative"]),
         "fvu_mean": float(quality["fvu"].mean()) if "fvu" in quality else float("nan"),
         "ce_recovered_mean": float(quality["ce_recovered"].mean()) if "ce_recovered" in quality else float("nan"),
         **{k: round(v, 1) for k, v in t.items()},
