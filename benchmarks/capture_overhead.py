@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import attribution  # noqa: E402  (must come first: loads the optimised BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 from attribution import Site, capture, load_model, run  # noqa: E402
+from attribution.perf import environment_record  # noqa: E402
 from attribution.tiny import make_tiny_model  # noqa: E402
 # isort: on
 
@@ -98,7 +99,7 @@ def main() -> None:
         "capture_ratio_min": round(best["capture"] / best["bare"], 4),
         "run_ratio_min": round(best["run"] / best["bare"], 4),
         "graph_build_ms": {k: round(v * 1e3, 3) for k, v in build.items()},
-        "blas": attribution._blas.state().library,
+        **environment_record(),
     }))
 
 
