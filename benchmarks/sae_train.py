@@ -1,16 +1,26 @@
-"""SAE training throughput: tokens/s and fraction of the measured matmul peak.
+"""SAE training throughput: tokens/s, fraction of the measured matmul peak, and SAELens.
 
 Algorithm:
-  1. Random float32 activations [n_tokens, d] in an ``ArraySource``.
-  2. For each variant (TopK dense decoder, TopK sparse decoder, BatchTopK; by
-     default d=512, m=16384, k=32, batch 4096), run ``sae.train`` with
-     log_every=1 and time each step through the progress callback (which
-     follows the step's ``mx.eval``); drop ``--warmup`` steps, take the median.
-  3. Model FLOPs per token: dense 10·d·m (encoder fwd 2dm, decoder fwd 2dm,
-     backward 6dm); sparse decoder 6·d·m + 6·k·d (decoder work only on k rows).
-     Report tokens/s, achieved GFLOP/s (model FLOPs / time) and its fraction
-     of the matmul peak measured on the same machine (``attribution.perf``).
-  4. Print one JSON line with the BLAS in use.
+  1. Random float32 activations [4·batch, d] in an ``ArraySource`` (the same rows feed
+     SAELens as torch tensors).
+  2. Ours: each variant (default TopK with the sparse decoder, TopK dense, BatchTopK; d=512,
+     m=16384, k=32, batch 4096) runs ``sae.train`` with log_every=1; each step is timed
+     through the progress callback (which follows the step's ``mx.eval``); the first
+     ``--warmup`` steps of every call are dropped.
+  3. SAELens (when importable, e.g. in .venv-peers; ``--peers off`` skips it): its own
+     ``TopKTrainingSAE`` / ``BatchTopKTrainingSAE`` driven by its own ``SAETrainer.step``
+     (training_forward_pass with AuxK machinery, dead-neuron bookkeeping, backward,
+     clip_grad_norm 1.0, torch Adam, LR scheduler) on the same batches; each timed step is
+     one ``trainer.step(batch)`` call (synchronous on CPU). Trainers are built and warmed
+     up once, before the rounds. torch runs at each of ``--torch-threads`` (default 1 and 2:
+     on a loaded 2-core machine torch's OpenMP spin-waits make 2 threads far slower);
+     the ratios use SAELens's faster setting.
+  4. Rounds interleave every variant (``--rounds``), so load on the shared machine hits all
+     alike; per variant report min and median step time over all rounds.
+  5. Model FLOPs per token: dense 10·d·m (encoder fwd 2dm, decoder fwd 2dm, backward 6dm);
+     sparse decoder 2·d·m + 10·k·d (only the encoder matmul is dense). Fraction of the
+     MLX matmul peak (``attribution.perf``, measured before and after; the higher is used).
+  6. Print one JSON line: every figure, ratios ours/SAELens (median and min), load average.
 """
 
 from __future__ import annotations
@@ -25,19 +35,25 @@ import time
 # benchmarks/attribution.py would shadow the attribution package: drop this script's folder.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 # isort: off
 import attribution  # noqa: F401  (must come first: loads the optimised BLAS before mlx)
 import numpy as np
 from attribution import Site
-from attribution.perf import environment_record
+from attribution.perf import environment_record, matmul_gflops
 from sae import ArraySource, TrainConfig, train
 # isort: on
 
 
-def _time_variant(src, site, arch, decoder, args) -> dict:
+def _flops_per_token(d: int, m: int, k: int, decoder: str) -> int:
+    return 2 * d * m + 10 * k * d if decoder == "sparse" else 10 * d * m
+
+
+def _ours_round(src, site, arch, decoder, args) -> list[float]:
+    """Step times of one ``train`` call (warm-up steps dropped)."""
     times: list[float] = []
-    last = [time.perf_counter()]
+    last = [0.0]
 
     def tick(_):
         now = time.perf_counter()
@@ -49,14 +65,74 @@ def _time_variant(src, site, arch, decoder, args) -> dict:
                       warmup_steps=10, log_every=1, decoder=decoder, b_dec_init="mean",
                       compile=args.compile)
     last[0] = time.perf_counter()
-    train(src, cfg, callback=tick)
-    step = statistics.median(times[args.warmup:])
-    d, m, k = args.d, args.m, args.k
-    flops = (6 * d * m + 6 * k * d) if decoder == "sparse" else 10 * d * m
-    return {"arch": arch, "decoder": decoder, "step_s": round(step, 4),
-            "step_min_s": round(min(times[args.warmup:]), 4),
-            "tokens_per_s": round(args.batch / step, 1),
-            "model_gflops": round(flops * args.batch / step / 1e9, 1)}
+    train(src, cfg, callback=tick, distributed=False)
+    return times[args.warmup:]
+
+
+class _SAELens:
+    """A SAELens trainer (its own SAE class and step) on a fixed cycle of batches."""
+
+    def __init__(self, arch: str, x: np.ndarray, args):
+        import torch
+        from sae_lens import (
+            BatchTopKTrainingSAE,
+            BatchTopKTrainingSAEConfig,
+            TopKTrainingSAE,
+            TopKTrainingSAEConfig,
+        )
+        from sae_lens.config import SAETrainerConfig
+        from sae_lens.training.sae_trainer import SAETrainer
+
+        torch.manual_seed(0)
+        kw = {"d_in": args.d, "d_sae": args.m, "k": args.k, "dtype": "float32", "device": "cpu"}
+        sae = (TopKTrainingSAE(TopKTrainingSAEConfig(**kw)) if arch == "topk" else
+               BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**kw)))
+        tcfg = SAETrainerConfig(total_training_samples=args.batch * 10 ** 6,
+                                train_batch_size_samples=args.batch, lr=2e-4, lr_end=2e-5,
+                                device="cpu")
+        self.trainer = SAETrainer(tcfg, sae, data_provider=iter(()))
+        self.batches = [torch.from_numpy(x[i:i + args.batch].copy())
+                        for i in range(0, x.shape[0], args.batch)]
+        self.i = 0
+        self.round(args.warmup)  # first steps allocate and warm caches
+
+    def round(self, n: int, threads: int | None = None) -> list[float]:
+        import torch
+        if threads:
+            torch.set_num_threads(threads)
+        times = []
+        for _ in range(n):
+            b = self.batches[self.i % len(self.batches)]
+            self.i += 1
+            t0 = time.perf_counter()
+            self.trainer.step(b)
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+def _summary(name, times, args, decoder, peak) -> dict:
+    med, best = statistics.median(times), min(times)
+    fl = _flops_per_token(args.d, args.m, args.k, decoder)
+    return {"variant": name, "decoder": decoder, "steps_timed": len(times),
+            "step_median_s": round(med, 4), "step_min_s": round(best, 4),
+            "tokens_per_s_median": round(args.batch / med, 1),
+            "tokens_per_s_best": round(args.batch / best, 1),
+            "flops_per_token": fl, "gflops_median": round(fl * args.batch / med / 1e9, 1),
+            "peak_fraction_median": round(fl * args.batch / med / 1e9 / peak, 3),
+            "peak_fraction_best": round(fl * args.batch / best / 1e9 / peak, 3)}
+
+
+def _peers_available(mode: str) -> bool:
+    if mode == "off":
+        return False
+    try:
+        import sae_lens  # noqa: F401
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        if mode == "on":
+            raise
+        return False
 
 
 def main() -> None:
@@ -65,23 +141,57 @@ def main() -> None:
     p.add_argument("--m", type=int, default=16384)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--variants", default="topk:dense,topk:sparse,batchtopk:dense,matryoshka:dense")
+    p.add_argument("--variants", default="topk:sparse,topk:dense,batchtopk:dense")
+    p.add_argument("--torch-threads", default="1,2", help="SAELens runs at each of these")
+    p.add_argument("--peers", choices=("auto", "on", "off"), default="auto",
+                   help="SAELens comparison (needs .venv-peers; see benchmarks/setup_peers.sh)")
     args = p.parse_args()
     env = environment_record()
     site = Site(0, "resid_post")
     x = np.random.default_rng(0).standard_normal((4 * args.batch, args.d)).astype(np.float32)
     src = ArraySource({site: x})
-    results = []
-    for v in args.variants.split(","):
-        arch, dec = v.split(":")
-        r = _time_variant(src, site, arch, dec, args)
-        r["peak_fraction"] = round(r["model_gflops"] / env["matmul_peak_gflops"], 3)
-        results.append(r)
+    ours = [tuple(v.split(":")) for v in args.variants.split(",")]
+    peers = {}
+    if _peers_available(args.peers):
+        import sae_lens
+        import torch
+        peers = {a: _SAELens(a, x, args) for a in ("topk", "batchtopk")}
+        env.update(sae_lens=sae_lens.__version__, torch=torch.__version__,
+                   torch_threads=torch.get_num_threads())
+    times: dict[str, list[float]] = {}
+    loads = []
+    for _ in range(args.rounds):  # interleaved: every variant sees the same load drift
+        for arch, dec in ours:
+            times.setdefault(f"ours:{arch}:{dec}", []).extend(_ours_round(src, site, arch, dec, args))
+        for arch, tr in peers.items():
+            for th in (int(t) for t in args.torch_threads.split(",")):
+                times.setdefault(f"saelens:{arch}:t{th}", []).extend(tr.round(args.steps, th))
+        loads.append(os.getloadavg()[0])
+    peak = max(env["matmul_peak_gflops"], matmul_gflops(n=env["matmul_peak_n"], repeats=5).gflops)
+    results = {name: _summary(name, t, args, name.split(":")[2] if name.startswith("ours")
+                              else "dense", peak) for name, t in times.items()}
+    ratios = {}
+    for arch in peers:
+        sl = min((r for n, r in results.items() if n.startswith(f"saelens:{arch}:")),
+                 key=lambda r: r["step_median_s"])  # SAELens at its faster thread count
+        for name, r in results.items():
+            if name.startswith(f"ours:{arch}:"):
+                ratios[f"{name}/{sl['variant']}"] = {
+                    "median": round(r["tokens_per_s_median"] / sl["tokens_per_s_median"], 2),
+                    "best": round(r["tokens_per_s_best"] / sl["tokens_per_s_best"], 2)}
     print(json.dumps({"benchmark": "sae_train", "d": args.d, "m": args.m, "k": args.k,
-                      "batch": args.batch, "compile": args.compile, "results": results, **env}))
+                      "batch": args.batch, "rounds": args.rounds, "steps_per_round": args.steps,
+                      "compile": args.compile, "peak_gflops_used": round(peak, 1),
+                      "flops_formula": {"dense": "10*d*m", "sparse": "2*d*m + 10*k*d"},
+                      "saelens_timed": "SAETrainer.step(batch): TrainingSAE.training_forward_pass"
+                                       " + backward + clip_grad_norm + Adam + LR scheduler",
+                      "loadavg_1m_per_round": [round(v, 2) for v in loads],
+                      "results": list(results.values()), "ratio_ours_over_saelens": ratios,
+                      **env}))
 
 
 if __name__ == "__main__":

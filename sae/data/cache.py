@@ -7,7 +7,9 @@
    into place: a crash leaves no half cache.
 2. ``ActivationCache(dir, model_id=..., model_hash=...)`` checks the manifest
    against the expected model (``CacheMismatchError`` otherwise) and is a
-   ``StreamSource`` over its shards (mixing buffer, outlier drop).
+   ``StreamSource`` over its shards (mixing buffer, outlier drop). For data-parallel
+   training each rank reads shard files i with i % world == rank (every world-th row
+   of every file when there are fewer files than ranks).
 """
 
 from __future__ import annotations
@@ -78,14 +80,21 @@ class ActivationCache(StreamSource):
             raise CacheMismatchError(f"{self.path} has no activations for sites {missing}")
         self.manifest = man
         dims = {s: man["dims"][str(s)] for s in want_sites}
-        super().__init__(self._chunks, want_sites, dims, buffer_tokens, outlier_factor)
+        super().__init__(self._chunks, want_sites, dims, buffer_tokens, outlier_factor,
+                         shard_chunks=self._shard_chunks)
 
     @property
     def n_tokens(self) -> int:
         """Tokens stored."""
         return sum(s["tokens"] for s in self.manifest["shards"])
 
-    def _chunks(self):
-        for shard in self.manifest["shards"]:
+    def _shard_chunks(self, rank: int, world: int):
+        files = self.manifest["shards"]
+        if len(files) >= world:
+            return self._chunks(files[rank::world])
+        return ({s: a[rank::world] for s, a in c.items()} for c in self._chunks())
+
+    def _chunks(self, files=None):
+        for shard in self.manifest["shards"] if files is None else files:
             arrays = read_tensors(self.path / shard["file"], required=[str(s) for s in self.sites])
             yield {s: arrays[str(s)] for s in self.sites}

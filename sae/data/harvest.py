@@ -8,7 +8,8 @@
 3. ``capture(model, tokens [B,T], sites)`` runs one forward that stops after the
    deepest site; activations are flattened to [B*T, d], optionally dropping
    position 0 / BOS tokens.
-4. ``harvest_source`` wraps this in a ``StreamSource`` (mixing buffer, outliers).
+4. ``harvest_source`` wraps this in a ``StreamSource`` (mixing buffer, outliers);
+   its data-parallel shards read documents i with i % world == rank.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def harvest_source(model, texts, sites: Sequence, *, context_len: int = 128,
     if not isinstance(texts, (str, Path)) and iter(texts) is texts:
         texts = list(texts)  # a one-shot iterator must be re-readable across passes
     dims = {s: int(model.d_model) for s in sites}
-    return StreamSource(lambda: harvest(model, texts, sites, context_len=context_len,
-                                        batch_size=batch_size, drop_bos=drop_bos, bos_id=bos_id),
-                        sites, dims, buffer_tokens, outlier_factor)
+    kw = {"context_len": context_len, "batch_size": batch_size, "drop_bos": drop_bos,
+          "bos_id": bos_id}
+
+    def docs(rank: int, world: int):  # document sharding: each rank tokenises its own texts
+        return (t for i, t in enumerate(read_texts(texts)) if i % world == rank)
+
+    return StreamSource(lambda: harvest(model, texts, sites, **kw), sites, dims, buffer_tokens,
+                        outlier_factor,
+                        shard_chunks=lambda rank, world: harvest(model, docs(rank, world), sites, **kw))

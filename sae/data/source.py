@@ -10,6 +10,11 @@ An ``ActivationSource`` has ``sites`` and ``dims`` and a
      refill (B2); optional drop of tokens whose norm exceeds ``outlier_factor`` x
      the median (any site). The factory is called again when a pass ends.
 Both are deterministic given the seed, so a resumed run replays the same batches.
+  3. ``shard(rank, world)`` (data-parallel training) returns this rank's part:
+     ``ArraySource`` -> rows [rank*b, (rank+1)*b) of each global batch of b*world rows
+     (the union over ranks is exactly the single-process batch); ``StreamSource`` ->
+     its ``shard_chunks(rank, world)`` factory when given (document / file sharding),
+     else every ``world``-th row of each chunk, each rank with its own mixing buffer.
 """
 
 from __future__ import annotations
@@ -62,14 +67,31 @@ class ArraySource:
         self.dims = {s: a.shape[1] for s, a in self.arrays.items()}
         self.n_tokens = next(iter(self.arrays.values())).shape[0]
 
-    def batches(self, batch_tokens: int, seed: int) -> Iterator[Batch]:
+    def batches(self, batch_tokens: int, seed: int, rows: slice = slice(None)) -> Iterator[Batch]:
+        """Batches of the permutation stream; ``rows`` keeps a slice of each (a shard)."""
         n, epoch, pending = self.n_tokens, 0, np.zeros(0, dtype=np.int64)
         while True:
             while pending.size < batch_tokens:
                 perm = np.random.default_rng([seed, epoch]).permutation(n)
                 pending, epoch = np.concatenate([pending, perm]), epoch + 1
-            idx, pending = pending[:batch_tokens], pending[batch_tokens:]
+            idx, pending = pending[:batch_tokens][rows], pending[batch_tokens:]
             yield {s: a[idx] for s, a in self.arrays.items()}
+
+    def shard(self, rank: int, world: int) -> ArrayShard:
+        """Rank ``rank``'s rows of every global batch (see the module docstring)."""
+        return ArrayShard(self, rank, world)
+
+
+class ArrayShard:
+    """Rows [rank*b, (rank+1)*b) of each global batch (b*world rows) of an ArraySource."""
+
+    def __init__(self, parent: ArraySource, rank: int, world: int):
+        self.parent, self.rank, self.world = parent, int(rank), int(world)
+        self.sites, self.dims = parent.sites, parent.dims
+
+    def batches(self, batch_tokens: int, seed: int) -> Iterator[Batch]:
+        rows = slice(self.rank * batch_tokens, (self.rank + 1) * batch_tokens)
+        return self.parent.batches(batch_tokens * self.world, seed, rows)
 
 
 def drop_outliers(chunk: dict, factor: float) -> dict:
@@ -87,11 +109,25 @@ class StreamSource:
 
     def __init__(self, chunks: Callable[[], Iterable[Mapping]], sites, dims: Mapping,
                  buffer_tokens: int = 2 ** 16, outlier_factor: float | None = 10.0,
-                 max_passes: int | None = None):
+                 max_passes: int | None = None,
+                 shard_chunks: Callable[[int, int], Iterable[Mapping]] | None = None):
         self.chunks, self.sites = chunks, tuple(Site.parse(s) for s in sites)
         self.dims = {Site.parse(s): int(d) for s, d in dims.items()}
         self.buffer_tokens, self.outlier_factor = int(buffer_tokens), outlier_factor
         self.max_passes = max_passes
+        self.shard_chunks = shard_chunks
+
+    def shard(self, rank: int, world: int) -> StreamSource:
+        """This rank's stream: ``shard_chunks(rank, world)``, else rows rank::world of each chunk."""
+        if world == 1:
+            return self
+        if self.shard_chunks is not None:
+            factory = lambda: self.shard_chunks(rank, world)
+        else:
+            factory = lambda: ({s: np.asarray(a)[rank::world] for s, a in c.items()}
+                               for c in self.chunks())
+        return StreamSource(factory, self.sites, self.dims, self.buffer_tokens,
+                            self.outlier_factor, self.max_passes)
 
     def _stream(self) -> Iterator[dict]:
         passes = 0

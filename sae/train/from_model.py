@@ -5,7 +5,8 @@
    drop BOS and >10x-median-norm tokens; shuffled mixing buffer).
 2. Optionally write / reuse an on-disk activation cache keyed by the model's
    path and config hash (a cache for another model raises CacheMismatchError).
-3. ``train`` on it.
+3. ``train`` on it. Data parallel: every rank harvests its own documents; with a
+   cache, rank 0 writes it while the others wait, then each rank reads its shard files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sae.data.cache import ActivationCache, config_hash, write_cache
 from sae.data.harvest import harvest, harvest_source
 from sae.errors import ConfigError
 from sae.train.config import TrainConfig
+from sae.train.distributed import agree, resolve_group
 from sae.train.trainer import TrainResult, train
 
 
@@ -45,10 +47,13 @@ def train_on_model(model, texts, configs, *, context_len: int = 128, batch_size:
     else:
         model_id = str(getattr(model, "path", "") or "")
         h = config_hash(getattr(model, "config", {}))
-        if not (Path(cache_dir) / "manifest.json").exists():
+        group = resolve_group(train_kw.get("distributed"))
+        lead = group is None or group.rank() == 0
+        if lead and not (Path(cache_dir) / "manifest.json").exists():
             write_cache(cache_dir, harvest(model, texts, sites, context_len=context_len,
                                            batch_size=batch_size),
                         model_id=model_id, model_hash=h, dims={s: model.d_model for s in sites})
+        agree([False], group)  # barrier: the cache is complete before any rank reads it
         source = ActivationCache(cache_dir, model_id=model_id, model_hash=h, sites=sites,
                                  buffer_tokens=buffer_tokens, outlier_factor=outlier_factor)
     return train(source, cfgs, **train_kw)

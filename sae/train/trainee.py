@@ -6,6 +6,8 @@ Step (all lazy; no host sync):
   3. dictionary.update_stats(stats) (BatchTopK threshold EMA)
   4. tokens_since_fired <- 0 where a latent fired, else + batch tokens
   5. metric sums accumulate on device; the host reads them every ``log_every`` steps.
+With a process group (data parallel, see ``sae.train.distributed``) step 1's gradients
+are averaged over ranks before step 2, and the statistics of steps 3-5 are synced.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sae.dictionary import LossContext, _flat, geometric_median
 from sae.errors import ShapeMismatchError
 from sae.train import adam
 from sae.train.config import TrainConfig
+from sae.train.distributed import mean_grads, sync_stats
 
 METRICS = ("loss", "mse", "fvu", "l0", "sparsity", "aux", "grad_norm")
 _TSF_CAP = 2 ** 30
@@ -114,8 +117,8 @@ def _trainable(d) -> dict:
     return _flat(d.trainable_parameters())
 
 
-def make_step(t: Trainee):
-    """The per-step update of one trainee (optionally ``mx.compile``d)."""
+def make_step(t: Trainee, group=None):
+    """The per-step update of one trainee (optionally ``mx.compile``d); ``group``: data parallel."""
     d, cfg = t.dictionary, t.cfg
 
     def loss_fn(x, y, coef, dead, use_aux):
@@ -127,16 +130,19 @@ def make_step(t: Trainee):
     def step(x, y, lr, coef, tstep, use_aux):
         dead = t.tsf >= cfg.dead_tokens
         (loss, stats), grads = vg(x, y, coef, dead, use_aux)
-        grads, gnorm = adam.clip_by_global_norm(_flat(grads), cfg.grad_clip)
+        grads, gnorm = adam.clip_by_global_norm(mean_grads(_flat(grads), group), cfg.grad_clip)
         params = _trainable(d)
         new = adam.adam_update(params, grads, t.opt, lr, tstep, cfg.adam_betas, cfg.adam_eps,
                                fused=fuse)
         d.update(_unflat(new))
-        d.update_stats(stats)
-        n = x[0].shape[0] if isinstance(x, list) else x.shape[0]
-        t.tsf = mx.where(stats["fired"], 0, mx.minimum(t.tsf + n, _TSF_CAP))
         yv = y if isinstance(y, list) else [y]
         var = sum(((a - a.mean(0)) ** 2).sum(-1).mean() for a in yv)
+        # ranks must agree on thresholds and dead latents: average / OR the statistics
+        stats = sync_stats(dict(stats, loss=loss, var=var), group)
+        loss, var = stats["loss"], stats["var"]
+        d.update_stats(stats)
+        n = (x[0].shape[0] if isinstance(x, list) else x.shape[0]) * (group.size() if group else 1)
+        t.tsf = mx.where(stats["fired"], 0, mx.minimum(t.tsf + n, _TSF_CAP))
         return {"loss": loss, "mse": stats["mse"], "fvu": stats["mse"] / var,
                 "l0": stats["l0"], "sparsity": stats["sparsity"], "aux": stats["aux"],
                 "grad_norm": gnorm}

@@ -13,6 +13,9 @@
    progress callback, switch AuxK on when latents are dead, resample if asked.
 5. Every ``checkpoint_every`` steps write an atomic checkpoint.
 6. Return the dictionaries folded back to raw units.
+Data parallel (``distributed``; launched with ``mlx.launch``): each rank reads its
+shard, gradients are averaged with ``all_sum``, rank 0 writes checkpoints and logs;
+see ``sae.train.distributed`` for the exact protocol.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from sae.data.source import ArraySource
 from sae.errors import ConfigError, EmptyDatasetError, NonFiniteError
 from sae.train.checkpoint import load_checkpoint, save_checkpoint
 from sae.train.config import TrainConfig
+from sae.train.distributed import (
+    agree,
+    gather_rows,
+    local_batch_tokens,
+    resolve_group,
+    shard_source,
+)
 from sae.train.trainee import METRICS, Trainee, build_trainees, make_step, resample_dead
 
 
@@ -85,7 +95,7 @@ def _scales(batch: dict, normalize: bool) -> dict:
 
 def train(source, configs, model_configs=None, *, callback: Callable | None = None,
           log_path=None, checkpoint_dir=None, checkpoint_every: int | None = None,
-          resume: bool = False, **harvest_kw) -> TrainResult:
+          resume: bool = False, distributed=None, **harvest_kw) -> TrainResult:
     """Train every dictionary of ``configs`` (one TrainConfig or a sequence) on ``source``.
 
     ``source`` is an ActivationSource or a {Site: [N, d]} mapping. The form
@@ -94,9 +104,13 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
     must agree on batch_tokens, total_tokens, seed and normalize.
     ``callback(TrainProgress)`` may raise to stop the run; with ``checkpoint_dir``
     and ``resume=True`` a later call continues it, bit-identically.
+    ``distributed``: None trains data-parallel when ``mx.distributed.init()`` finds more
+    than one process (True requires it, False never, or pass a Group); every rank makes
+    the same call; the callback runs on every rank with metrics averaged over ranks and must
+    decide alike everywhere (a stop raised on one rank only leaves the others waiting).
     """
     run_kw = dict(callback=callback, log_path=log_path, checkpoint_dir=checkpoint_dir,
-                  checkpoint_every=checkpoint_every, resume=resume)
+                  checkpoint_every=checkpoint_every, resume=resume, distributed=distributed)
     if model_configs is not None:
         from sae.train.from_model import train_on_model
         return train_on_model(source, configs, model_configs, **harvest_kw, **run_kw)
@@ -115,13 +129,15 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
                               "total_tokens, seed and normalize")
     for c in cfgs:
         _check_sizes(c, source.dims)
-    batches = source.batches(c0.batch_tokens, c0.seed)
-    try:
-        first = next(batches)
-    except StopIteration:
-        raise EmptyDatasetError("the activation source yielded no batch") from None
-    scales = _scales(first, c0.normalize)
-    norm_first = {s: a * scales[s] for s, a in first.items()}
+    group = resolve_group(distributed)
+    local_tokens = local_batch_tokens(c0.batch_tokens, group)
+    if group is not None:
+        source = shard_source(source, group.rank(), group.size())
+    batches = source.batches(local_tokens, c0.seed)
+    first = _next_batch(batches, group, 0, what="yielded no batch")
+    init = gather_rows(first, group)  # one global first batch: same scales/init on every rank
+    scales = _scales(init, c0.normalize)
+    norm_first = {s: a * scales[s] for s, a in init.items()}
     trainees: list[Trainee] = []
     for c in cfgs:  # the init key depends on the config's seed only, so sweeps == solo runs
         trainees += build_trainees(c, source.dims, norm_first, mx.random.key(c.seed))
@@ -131,7 +147,7 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
         if state is not None:
             start, use_aux = int(state["step"]), list(state.get("use_aux", use_aux))
     history = _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_path,
-                   checkpoint_dir, checkpoint_every)
+                   checkpoint_dir, checkpoint_every, group)
     dicts = [_fold(t, scales) for t in trainees]
     return TrainResult(dicts, [t.name for t in trainees], history, scales, c0.steps)
 
@@ -154,38 +170,59 @@ def _fold(t: Trainee, scales: dict):
     return t.dictionary.folded(scales[t.in_sites[0]], scales[t.out_sites[0]])
 
 
+def _next_batch(it, group, step: int, what: str = "ran out"):
+    """The next batch, checked finite; with a group every rank raises if any rank must."""
+    raw, err = None, None
+    try:
+        raw = next(it)
+    except StopIteration:
+        pass
+    except Exception as e:
+        if group is None:
+            raise
+        err = e
+    bad = next((s for s, a in (raw or {}).items() if not np.isfinite(a).all()), None)
+    failed, gone, nonfinite = agree([err is not None, raw is None, bad is not None], group)
+    if err is not None:
+        raise err
+    if failed:
+        raise EmptyDatasetError(f"another rank's activation source failed at step {step}")
+    if gone:
+        raise EmptyDatasetError(f"activation source {what} at step {step}" if step else
+                                f"the activation source {what}")
+    if nonfinite:
+        raise NonFiniteError(f"non-finite activations at site {bad or '(another rank)'} in step "
+                             f"{step}; the last good checkpoint is kept", step)
+    return raw
+
+
 def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_path, ckpt_dir,
-         ckpt_every):
+         ckpt_every, group=None):
     total, history = c0.steps, []
-    steps = [make_step(t) for t in trainees]
+    steps = [make_step(t, group) for t in trainees]
     for t in trainees:
         t.sums = {m: mx.array(0.0) for m in METRICS}
-    log_file = open(log_path, "a") if log_path else None
+    lead = group is None or group.rank() == 0  # only rank 0 writes files
+    log_file = open(log_path, "a") if log_path and lead else None
     it = _chain(first, batches)
     try:
         for _ in range(start):  # replay the data order of the interrupted run
             next(it)
         n_in_interval = 0
         for step in range(start, total):
-            try:
-                raw = next(it)
-            except StopIteration:
-                raise EmptyDatasetError(f"activation source ran out at step {step}") from None
-            for s, a in raw.items():
-                if not np.isfinite(a).all():
-                    raise NonFiniteError(f"non-finite activations at site {s} in step {step}; "
-                                         f"the last good checkpoint is kept", step)
+            raw = _next_batch(it, group, step)
             batch = {s: mx.array(a * scales[s]) for s, a in raw.items()}
             _step_all(trainees, steps, batch, step, total, use_aux)
             n_in_interval += 1
             done = step + 1
             for t in trainees:  # before the checkpoint, so a resume sees the resampled state
                 if t.cfg.resample_every and done % t.cfg.resample_every == 0:
-                    x, y = t.xy(batch)
+                    x, y = t.xy(_gathered(batch, group))  # same rows, same RNG on every rank
                     resample_dead(t, x, y, np.random.default_rng([c0.seed, done]))
             if ckpt_dir is not None and ckpt_every and (done % ckpt_every == 0 or done == total):
                 _check_finite(trainees, step)
-                save_checkpoint(ckpt_dir, trainees, done, scales, {"use_aux": use_aux})
+                if lead:
+                    save_checkpoint(ckpt_dir, trainees, done, scales, {"use_aux": use_aux})
             if done % c0.log_every == 0 or done == total:
                 rows = _log(trainees, done, c0.batch_tokens, n_in_interval, use_aux, step)
                 n_in_interval = 0
@@ -200,6 +237,12 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
         if log_file:
             log_file.close()
     return history
+
+
+def _gathered(batch: dict, group) -> dict:
+    if group is None:
+        return batch
+    return {s: mx.distributed.all_gather(a, group=group) for s, a in batch.items()}
 
 
 def _step_all(trainees, steps, batch, step: int, total: int, use_aux) -> None:
