@@ -92,7 +92,8 @@ def area_scores(pct: Sequence[float], faithfulness: Sequence[float]) -> tuple[fl
 
 
 def faithfulness_curves(curves: pd.DataFrame, scores: Mapping[str, Mapping[str, float]] | None = None,
-                        title: str = "Faithfulness vs. edges kept", path=None):
+                        title: str = "Faithfulness vs. edges kept", path=None,
+                        xlabel: str = "edges kept (%)"):
     """Faithfulness against % edges kept (log x) for several methods.
 
     ``curves`` columns: ``method``, ``pct`` (edges kept, %), ``faithfulness``. ``scores``
@@ -112,7 +113,7 @@ def faithfulness_curves(curves: pd.DataFrame, scores: Mapping[str, Mapping[str, 
         ax.set_xscale("log")
         ax.set_xticks(list(EDGE_PCTS), [f"{p:g}" for p in EDGE_PCTS])
         ax.set_xlim(0.08, 125)
-        ax.set(xlabel="edges kept (%)", ylabel="faithfulness", title=title)
+        ax.set(xlabel=xlabel, ylabel="faithfulness", title=title)
         ax.legend(loc="lower right", frameon=False)
     return _finish(fig, path)
 

@@ -24,6 +24,7 @@ def add_parser(sub, name: str) -> None:
 def collect_sections(run: Path):
     import pandas as pd
 
+    from circuits.pipeline.demo import scalar_table
     from viz.plots import faithfulness_curves, predicted_vs_measured
     from viz.report import standard_sections
 
@@ -38,15 +39,18 @@ def collect_sections(run: Path):
     for name, title in (("dictionary_metrics.csv", "Dictionary quality"),
                         ("benchmark.csv", "Benchmark"), ("bench/benchmark.csv", "Benchmark")):
         if (run / name).exists():
-            tables[title] = pd.read_csv(run / name)
+            tables[title] = scalar_table(pd.read_csv(run / name))
     if (run / "validation.json").exists():
         v = json.loads((run / "validation.json").read_text())
-        tables["Validation"] = pd.DataFrame([v.get("figures", v)])
+        fig = v.get("figures", v)
+        tables["Validation"] = pd.DataFrame({"figure": list(fig), "value": [str(x) for x in fig.values()]})
     faith = scatter = None
     if (run / "faithfulness_curve.csv").exists():
         c = pd.read_csv(run / "faithfulness_curve.csv")
         c = c.assign(method="influence ranking", pct=c["fraction"] * 100)
-        faith = faithfulness_curves(c[["method", "pct", "faithfulness"]])
+        faith = faithfulness_curves(c[["method", "pct", "faithfulness"]],
+                                    title="Feature-circuit faithfulness (counterfactual patching)",
+                                    xlabel="graph nodes kept, by influence (%)")
     if (run / "ig_vs_patching.csv").exists():
         a = pd.read_csv(run / "ig_vs_patching.csv")
         scatter = predicted_vs_measured(a["ig"], a["patching"], title="IG vs exact patching")

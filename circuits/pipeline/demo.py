@@ -224,6 +224,7 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
     cdf = curve.assign(method="influence ranking", pct=curve["fraction"] * 100)
     fig_curve = faithfulness_curves(cdf[["method", "pct", "faithfulness"]],
                                     title="Feature-circuit faithfulness (counterfactual patching)",
+                                    xlabel="graph nodes kept, by influence (%)",
                                     path=out / "faithfulness_curve.svg")
     fig_scatter = predicted_vs_measured(agree["ig"], agree["patching"],
                                         title="IG node scores vs exact patching",
@@ -239,7 +240,7 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
     progress("figures", 1, 3)
     links, co_fig = feature_pages(model, dicts, circuit, cfg, out, arts) if cfg.dashboards else ({}, None)
     progress("figures", 2, 3)
-    tables = {"Dictionary quality": quality,
+    tables = {"Dictionary quality": scalar_table(quality),
               "Graph scores": pd.DataFrame([{"graph": k, **getattr(circuit.scores, k)._asdict()}
                                             for k in ("full", "pruned", "merged")]),
               "Validation (activation patching, counterfactual)": pd.DataFrame([asdict(faith)])}
@@ -254,6 +255,16 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
     arts["report.html"] = str(out / "report.html")
     progress("figures", 3, 3)
     return arts
+
+
+def scalar_table(df):
+    """The columns of ``df`` that hold one scalar per row (drops per-latent arrays), rounded."""
+    def is_array(v):
+        return (isinstance(v, str) and v.lstrip().startswith("[")) or (
+            hasattr(v, "__len__") and not isinstance(v, str))
+
+    keep = [c for c in df.columns if not df[c].map(is_array).any()]
+    return df[keep].round(4)
 
 
 def feature_pages(model, dicts, circuit, cfg: DemoConfig, out: Path, arts: dict):

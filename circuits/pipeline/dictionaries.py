@@ -69,7 +69,7 @@ def train_dictionaries(model, spec: DictionarySpec, callback=None):
                           batch_size=16, callback=callback)
 
 
-def evaluate_dictionaries(model, dicts: dict, corpus: str | None = None, n_docs: int = 600,
+def evaluate_dictionaries(model, dicts: dict, corpus: str | None = None, n_docs: int = 2000,
                           seed: int = 12345, ce_baseline: str = "zero"):
     """One DataFrame row per dictionary: reconstruction metrics plus CE recovered / KL."""
     import mlx.core as mx
