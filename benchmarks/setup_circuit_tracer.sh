@@ -9,8 +9,7 @@
 #   .venv and circuit-tracer's side here, in two processes exchanging safetensors + JSON.
 # Steps:
 #   1. python -m venv .venv-ct (PYTHON, default python3).
-#   2. torch==2.13.0 first, CPU build only (local "+cpu" wheel under pip's find-links, else
-#      the PyTorch CPU index), pinned by a constraint so pip never pulls a CUDA build.
+#   2. torch==2.13.0 first, CPU build only (the local "+cpu" wheel pip finds here), pinned by a constraint so pip never pulls a CUDA build.
 #   3. circuit-tracer==0.5.0, transformer-lens 2.x, transformers 4.56-4.57.3, and a pyarrow
 #      that still supports numpy<2 (transformer-lens 2.x caps numpy<2; pyarrow>=22 needs 2.x).
 #   4. Import check.
@@ -23,19 +22,9 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 
 cd "$ROOT"
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip install -q)
+# shellcheck source=benchmarks/_torch_venv.sh
+source "$ROOT/benchmarks/_torch_venv.sh"
 
-if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
-    "${PIP[@]}" "torch==$TORCH_VERSION" || \
-        "${PIP[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
-fi
-
-CONSTRAINT="$(mktemp)"
-trap 'rm -f "$CONSTRAINT"' EXIT
-"$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$CONSTRAINT"
 "${PIP[@]}" -c "$CONSTRAINT" "circuit-tracer==0.5.0" "transformer-lens>=2.16,<3" \
     "transformers>=4.56,<=4.57.3" "numpy<2" "pyarrow>=21,<22" "safetensors>=0.5"
 

@@ -7,8 +7,7 @@
 #
 # Steps:
 #   1. python -m venv .venv-peers (PYTHON, default python3).
-#   2. torch==2.13.0 first, CPU build only (the local wheel under pip's find-links, or the
-#      PyTorch CPU index) so that sae-lens's torch requirement is already met and pip never
+#   2. torch==2.13.0 first, CPU build only (the local wheel pip finds here) so that sae-lens's torch requirement is already met and pip never
 #      pulls a multi-GB CUDA build.
 #   3. sae-lens (pulls transformer-lens<4, transformers<6), then this package editable
 #      (pip install -e .) plus pytest.
@@ -22,21 +21,10 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 
 cd "$ROOT"
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip install -q)
-
-# 2. CPU torch. A local "+cpu" wheel satisfies torch==2.13.0; the CPU index is the fallback.
-if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
-    "${PIP[@]}" "torch==$TORCH_VERSION" || \
-        "${PIP[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
-fi
+# shellcheck source=benchmarks/_torch_venv.sh
+source "$ROOT/benchmarks/_torch_venv.sh"
 
 # 3. SAELens against that torch (a constraint keeps pip from replacing it), then us.
-CONSTRAINT="$(mktemp)"
-trap 'rm -f "$CONSTRAINT"' EXIT
-"$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$CONSTRAINT"
 "${PIP[@]}" -c "$CONSTRAINT" sae-lens
 "${PIP[@]}" -c "$CONSTRAINT" -e ".[test]"
 
