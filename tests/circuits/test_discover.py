@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import attribution  # noqa: F401  (BLAS before mlx)
-from attribution import Site, capture, load_model
-from attribution.tiny import make_tiny_model
-from circuits import tasks
+from circuits_helpers import small_induction, tiny_llama
+from attribution import Site, capture
 from circuits.discover import (
     DiscoverConfig,
     MaskedModel,
@@ -29,12 +28,12 @@ from circuits.organisms.patching import Component, Patcher
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return load_model(make_tiny_model("llama", tmp_path_factory.mktemp("m"), seed=3))
+    return tiny_llama(tmp_path_factory, seed=3)
 
 
 @pytest.fixture(scope="module")
 def data(model):
-    return tasks.get("induction", segment_len=4, repeat_len=2).generate(6, 0, model.tokenizer)
+    return small_induction(model, 6)
 
 
 @pytest.fixture(scope="module")
