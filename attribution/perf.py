@@ -48,7 +48,7 @@ def environment_record(n: int = 2048) -> dict:
     """What every benchmark JSON line carries: BLAS in use, measured peak, versions."""
     import mlx.core as mx
 
-    from attribution import _blas
+    from attribution import _blas, allocator
 
     st = _blas.state()
     peak = matmul_gflops(n=n, repeats=5)
@@ -57,6 +57,7 @@ def environment_record(n: int = 2048) -> dict:
         "blas_status": st.status,
         "matmul_peak_gflops": round(peak.gflops, 1),
         "matmul_peak_n": n,
+        "malloc_keeps_freed": allocator.state()["applied"],
         "mlx": mx.__version__,
         "device": str(mx.default_device()),
         "machine": platform.machine(),

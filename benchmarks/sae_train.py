@@ -3,8 +3,8 @@
 Algorithm:
   1. Random float32 activations [4·batch, d] in an ``ArraySource`` (the same rows feed
      SAELens as torch tensors).
-  2. Ours: each variant (default TopK with the sparse decoder, TopK dense, BatchTopK; d=512,
-     m=16384, k=32, batch 4096) runs ``sae.train`` with log_every=1; each step is timed
+  2. Ours: each variant (default TopK and BatchTopK, each with the sparse and the dense
+     decoder; d=512, m=16384, k=32, batch 4096; steps ``mx.compile``d) runs ``sae.train`` with log_every=1; each step is timed
      through the progress callback (which follows the step's ``mx.eval``); the first
      ``--warmup`` steps of every call are dropped.
   3. SAELens (when importable, e.g. in .venv-peers; ``--peers off`` skips it): its own
@@ -18,9 +18,12 @@ Algorithm:
   4. Rounds interleave every variant (``--rounds``), so load on the shared machine hits all
      alike; per variant report min and median step time over all rounds.
   5. Model FLOPs per token: dense 10·d·m (encoder fwd 2dm, decoder fwd 2dm, backward 6dm);
-     sparse decoder 2·d·m + 10·k·d (only the encoder matmul is dense). Fraction of the
+     sparse 2·d·m + 10·k·d (only the encoder matmul is dense). The dense fraction is the
+     peak-fraction goal; the sparse path does a fifth of the work, so its fraction is low. Fraction of the
      MLX matmul peak (``attribution.perf``, measured before and after; the higher is used).
-  6. Print one JSON line: every figure, ratios ours/SAELens (median and min), load average.
+  6. Both libraries run in one process under the same allocator settings
+     (``attribution.allocator.keep_freed_memory``, which ``sae.train`` applies itself).
+  7. Print one JSON line: every figure, ratios ours/SAELens (median and min), load average.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import attribution  # noqa: F401  (must come first: loads the optimised BLAS before mlx)
 import numpy as np
 from attribution import Site
+from attribution.allocator import keep_freed_memory
 from attribution.perf import environment_record, matmul_gflops
 from sae import ArraySource, TrainConfig, train
 # isort: on
@@ -144,12 +148,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--variants", default="topk:sparse,topk:dense,batchtopk:dense")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="run our steps eagerly (default: mx.compile, the library default)")
+    p.add_argument("--variants", default="topk:sparse,topk:dense,batchtopk:sparse,batchtopk:dense")
     p.add_argument("--torch-threads", default="1,2", help="SAELens runs at each of these")
     p.add_argument("--peers", choices=("auto", "on", "off"), default="auto",
                    help="SAELens comparison (needs .venv-peers; see benchmarks/setup_peers.sh)")
     args = p.parse_args()
+    keep_freed_memory()  # the trainer does this anyway; done first so SAELens runs under it too
     env = environment_record()
     site = Site(0, "resid_post")
     x = np.random.default_rng(0).standard_normal((4 * args.batch, args.d)).astype(np.float32)

@@ -102,6 +102,18 @@ class Dictionary(nn.Module):
             x = x - self.b_dec
         return mx.addmm(self.b_enc, x, self.W_enc)  # bias added inside the GEMM: one pass less
 
+    def train_pre_acts(self, x: mx.array) -> mx.array:
+        """``pre_acts`` for training: x W_enc + (b_enc - b_dec W_enc).
+
+        The same affine map, but b_dec's gradient becomes a vector-matrix product
+        instead of a [B,width] x [width,d_in] GEMM (a fifth of a dense step)."""
+        if not self.apply_b_dec_to_input or type(self).pre_acts is not Dictionary.pre_acts:
+            return self.pre_acts(x)
+        if x.shape[-1] != self.d_in:
+            raise ShapeMismatchError(f"{self.arch} dictionary expects d_in={self.d_in}, "
+                                     f"got activations of width {x.shape[-1]}")
+        return mx.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)
+
     def encode(self, x: mx.array) -> mx.array:
         """Latent activations ``activation(pre_acts(x))``."""
         return self.activation(self.pre_acts(x))
@@ -127,7 +139,7 @@ class Dictionary(nn.Module):
 
     def train_forward(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array, dict]:
         """(pre, f, y_hat, stats) on a [B,d_in] batch using the training nonlinearity."""
-        pre = self.pre_acts(x)
+        pre = self.train_pre_acts(x)
         f, stats = self.train_activation(pre)
         y_hat = self.decode(f)
         if self.W_skip is not None:

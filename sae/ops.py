@@ -1,14 +1,21 @@
 """Array kernels shared by the dictionary architectures.
 
-1. ``topk_mask_values``: per-row top-k of ReLU(pre) as a dense array, found as
-   the k-th largest value per row (``mx.topk`` values only), rows split across
-   two CPU streams because MLX's selection kernels are single-threaded.
-2. ``topk_indices``: indices + values of the per-row top k (for the sparse decoder).
-3. ``batch_topk``: keep the k*B largest entries of the whole batch (global threshold).
-4. ``jumprelu`` / ``heaviside``: JumpReLU and step with straight-through
+1. Per-row top-k selection (``topk_index``) in two stages, because MLX's selection
+   kernels are single-threaded and slow on long rows: split each row into blocks of
+   b (<= 32) entries, keep the k blocks with the largest maxima, then select the top
+   k among those k*b candidates. Exact: an entry outside the kept blocks is at most
+   its block's maximum, which is at most the k kept maxima, all distinct entries.
+   Rows are split across two CPU streams. ``topk_relu`` keeps every entry at least
+   the k-th largest (``kth_largest``); ``topk_indices`` returns indices + values.
+2. ``batch_topk`` keeps the k*B largest entries of the whole batch: the threshold is
+   found by the same block argument over the flattened batch (n_keep blocks).
+3. ``jumprelu`` / ``heaviside``: JumpReLU and step with straight-through
    pseudo-derivatives w.r.t. the threshold (rectangle kernel of bandwidth eps).
-5. ``sparse_decode``: sum_j vals[b,j] * W[idx[b,j]] with a custom VJP that only
-   touches the k active rows (gather forward, scatter-add backward).
+4. ``sparse_pairs``: the encoder-decoder on the active (token, latent) pairs only
+   (``topk_pairs``: k per token; ``batch_topk_pairs``: k*B over the batch): the
+   decoder is a segmented GEMM over the pairs sorted by token, and the custom VJP's
+   weight gradients are segmented GEMMs over the pairs sorted by latent (one per
+   CPU stream).
 """
 
 from __future__ import annotations
@@ -26,15 +33,43 @@ def _cpu_streams(n: int) -> list:
     return _STREAMS[:n]
 
 
-def kth_largest(a: mx.array, k: int, split: int = 2) -> mx.array:
-    """The k-th largest value of each row of 2-D ``a`` -> [rows, 1] (rows split over streams)."""
+def _block(m: int, k: int) -> int:
+    """Block length for the two-stage selection: the largest of 32..2 dividing m with >= 2k blocks."""
+    for b in (32, 16, 8, 4, 2):
+        if m % b == 0 and m // b >= 2 * k:
+            return b
+    return 1
+
+
+def _topk_index_part(a: mx.array, k: int, stream=None) -> mx.array:
+    """Indices [n,k] of the k largest entries of each row of 2-D ``a`` (module docstring, 1)."""
+    n, m = a.shape
+    b = _block(m, k)
+    if b == 1:
+        return mx.argpartition(a, m - k, axis=-1, stream=stream)[:, m - k:]
+    nb = m // b
+    blocks = a.reshape(n, nb, b)
+    top = mx.argpartition(blocks.max(axis=-1, stream=stream), nb - k, axis=-1, stream=stream)[:, nb - k:]
+    cand = mx.take_along_axis(blocks, top[:, :, None], axis=1, stream=stream).reshape(n, k * b)
+    j = mx.argpartition(cand, k * b - k, axis=-1, stream=stream)[:, k * b - k:]
+    return mx.take_along_axis(top, j // b, axis=-1, stream=stream) * b + j % b
+
+
+def topk_index(a: mx.array, k: int, split: int = 2) -> mx.array:
+    """Indices [rows,k] of the per-row top k of 2-D ``a`` (no gradient; rows split over streams)."""
+    a = mx.stop_gradient(a)
     rows = a.shape[0]
     if split <= 1 or rows < 2 * split or mx.default_device() != mx.cpu:
-        return mx.topk(a, k, axis=-1).min(axis=-1, keepdims=True)
+        return _topk_index_part(a, k)
     bounds = [rows * i // split for i in range(split + 1)]
-    parts = [mx.topk(a[s:e], k, axis=-1, stream=st).min(axis=-1, keepdims=True)
-             for s, e, st in zip(bounds[:-1], bounds[1:], _cpu_streams(split))]
-    return mx.concatenate(parts, axis=0)
+    return mx.concatenate([_topk_index_part(a[s:e], k, st)
+                           for s, e, st in zip(bounds[:-1], bounds[1:], _cpu_streams(split))])
+
+
+def kth_largest(a: mx.array, k: int, split: int = 2) -> mx.array:
+    """The k-th largest value of each row of 2-D ``a`` -> [rows, 1] (exact, ties included)."""
+    a = mx.stop_gradient(a)
+    return mx.take_along_axis(a, topk_index(a, k, split), axis=-1).min(axis=-1, keepdims=True)
 
 
 def topk_relu(pre: mx.array, k: int) -> mx.array:
@@ -42,40 +77,47 @@ def topk_relu(pre: mx.array, k: int) -> mx.array:
     shape = pre.shape
     p2 = pre.reshape(-1, shape[-1])
     # Clamping the threshold to the smallest positive float folds the ReLU into one compare.
-    thr = mx.maximum(mx.stop_gradient(kth_largest(p2, k)), _TINY)
+    thr = mx.maximum(kth_largest(p2, k), _TINY)
     f = mx.where(p2 >= thr, p2, mx.zeros_like(p2))
     return f.reshape(shape)
 
 
 def topk_indices(pre: mx.array, k: int, split: int = 2) -> tuple[mx.array, mx.array]:
     """(values [N,k] = ReLU of the top-k pre-activations, indices [N,k]) per row of 2-D pre."""
-    rows = pre.shape[0]
-    neg = mx.stop_gradient(-pre)
-    if split <= 1 or rows < 2 * split or mx.default_device() != mx.cpu:
-        idx = mx.argpartition(neg, k - 1, axis=-1)[:, :k]
-    else:  # rows split over CPU streams: the selection kernel is single-threaded
-        b = [rows * i // split for i in range(split + 1)]
-        idx = mx.concatenate([mx.argpartition(neg[s:e], k - 1, axis=-1, stream=st)[:, :k]
-                              for s, e, st in zip(b[:-1], b[1:], _cpu_streams(split))])
+    idx = topk_index(pre, k, split)
     vals = mx.maximum(mx.take_along_axis(pre, idx, axis=-1), 0)
     return vals, idx
 
 
 def batch_topk_threshold(pre: mx.array, n_keep: int, split: int = 2) -> mx.array:
-    """Scalar: the n_keep-th largest entry of the whole array.
+    """Scalar: the n_keep-th largest entry of the whole array (module docstring, 3).
 
-    Exact in parallel: the global top n_keep lie in the union of each part's top
-    n_keep, so each part is partitioned on its own CPU stream, then the union.
+    Exact: the global top n_keep lie in the n_keep blocks with the largest maxima
+    (block maxima computed on ``split`` CPU streams), so only those are partitioned.
     """
-    flat = mx.stop_gradient(pre).reshape(-1)
-    n = flat.size
+    a = mx.stop_gradient(pre)
+    a = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+    n = a.size
     n_keep = max(1, min(n_keep, n))
-    if split > 1 and n >= 4 * split * n_keep and mx.default_device() == mx.cpu:
-        b = [n * i // split for i in range(split + 1)]
-        flat = mx.concatenate([mx.partition(flat[s:e], (e - s) - n_keep, stream=st)[-n_keep:]
-                               for s, e, st in zip(b[:-1], b[1:], _cpu_streams(split))])
-        n = flat.size
-    return mx.partition(flat, n - n_keep)[n - n_keep]
+    b = _block(a.shape[1], 1)
+    while b > 1 and (a.shape[1] % b or n // b < 2 * n_keep):
+        b //= 2
+    if b == 1:
+        flat = a.reshape(-1)
+        return mx.partition(flat, n - n_keep)[n - n_keep]
+    rows = a.shape[0]
+    blocks = a.reshape(rows, -1, b)
+    if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu:
+        bd = [rows * i // split for i in range(split + 1)]
+        bmax = mx.concatenate([blocks[s:e].max(axis=-1, stream=st)
+                               for s, e, st in zip(bd[:-1], bd[1:], _cpu_streams(split))])
+    else:
+        bmax = blocks.max(axis=-1)
+    nb = bmax.size
+    top = mx.argpartition(bmax.reshape(-1), nb - n_keep)[nb - n_keep:]
+    cand = blocks.reshape(-1, b)[top].reshape(-1)
+    c = cand.size
+    return mx.partition(cand, c - n_keep)[c - n_keep]
 
 
 def batch_topk(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -129,25 +171,124 @@ def heaviside(z: mx.array, theta: mx.array, eps: float) -> mx.array:
     return f(z, theta)
 
 
+def _segments(keys: mx.array, n: int) -> mx.array:
+    """[n, 2] uint32 (start, end) of each key's run once the pairs are sorted by key."""
+    counts = mx.zeros((n,), mx.int32).at[keys].add(1)
+    ends = mx.cumsum(counts)
+    return mx.stack([ends - counts, ends], axis=-1).astype(mx.uint32)
+
+
+def _weight_grads(x, b_enc, W_dec, tok, lat, vals, g_pre, g_y):
+    """(dW_enc, db_enc, dW_dec) from the active pairs: regrouped by latent, each weight
+    gradient is one segmented GEMM (a segment per latent) instead of a scatter-add."""
+    order = mx.argsort(lat)
+    segs = _segments(lat, W_dec.shape[0])
+    t = tok[order]
+    dec_s, enc_s = (_cpu_streams(2) if mx.default_device() == mx.cpu
+                    else (mx.default_stream(mx.default_device()),) * 2)
+    with mx.stream(dec_s):
+        g_dec = mx.segmented_mm(vals[order][None], g_y[t], segs)[:, 0, :]
+    with mx.stream(enc_s):
+        g_enc = mx.segmented_mm(g_pre[order][None], x[t], segs)[:, 0, :].T
+    g_b = mx.zeros_like(b_enc).at[lat].add(g_pre)
+    return g_enc, g_b, g_dec
+
+
 @mx.custom_function
-def _sparse_decode(vals: mx.array, idx: mx.array, W: mx.array) -> mx.array:
-    # [N,1,k] @ [N,k,d]: a batched matmul over the gathered rows.
-    return (vals[:, None, :] @ W[idx])[:, 0, :]
+def _sparse_pairs(x, W_enc, b_enc, W_dec, tok, lat, pre_p):
+    vals = mx.maximum(pre_p, 0)
+    # Pairs arrive sorted by token: the decoder is one segmented GEMM, a segment per token.
+    y = mx.segmented_mm(vals[None], W_dec[lat], _segments(tok, x.shape[0]))[:, 0, :]
+    return vals, y
 
 
-@_sparse_decode.vjp
-def _sparse_decode_vjp(primals, cotangent, output):
-    vals, idx, W = primals
-    rows = W[idx]                                               # [N,k,d]
-    g_vals = (rows @ cotangent[:, :, None])[..., 0]             # [N,k]
-    upd = (vals[:, :, None] * cotangent[:, None, :]).reshape(-1, W.shape[-1])
-    g_W = mx.zeros_like(W).at[idx.reshape(-1)].add(upd)
-    return g_vals, mx.zeros_like(idx), g_W
+@_sparse_pairs.vjp
+def _sparse_pairs_vjp(primals, cotangents, outputs):
+    x, W_enc, b_enc, W_dec, tok, lat, pre_p = primals
+    g_vals, g_y = cotangents
+    vals = outputs[0]
+    g = g_vals + (W_dec[lat] * g_y[tok]).sum(axis=-1)
+    g_pre = mx.where(pre_p > 0, g, mx.zeros_like(g))
+    g_enc, g_b, g_dec = _weight_grads(x, b_enc, W_dec, tok, lat, vals, g_pre, g_y)
+    return (mx.zeros_like(x), g_enc, g_b, g_dec, mx.zeros_like(tok), mx.zeros_like(lat),
+            mx.zeros_like(pre_p))
 
 
-def sparse_decode(vals: mx.array, idx: mx.array, W: mx.array) -> mx.array:
-    """sum_j vals[n,j] * W[idx[n,j]] -> [N,d]; backward touches only the gathered rows."""
-    return _sparse_decode(vals, idx, W)
+@mx.custom_function
+def _sparse_rows(x, W_enc, b_enc, W_dec, tok, idx, pre_k):
+    # k pairs per token ([N,k] idx): [N,1,k] @ [N,k,d], a batched GEMM over gathered rows.
+    vals = mx.maximum(pre_k, 0)
+    return vals, (vals[:, None, :] @ W_dec[idx])[:, 0, :]
+
+
+@_sparse_rows.vjp
+def _sparse_rows_vjp(primals, cotangents, outputs):
+    x, W_enc, b_enc, W_dec, tok, idx, pre_k = primals
+    g_vals, g_y = cotangents
+    vals = outputs[0]
+    g = g_vals + (W_dec[idx] @ g_y[:, :, None])[..., 0]
+    g_pre = mx.where(pre_k > 0, g, mx.zeros_like(g))
+    g_enc, g_b, g_dec = _weight_grads(x, b_enc, W_dec, tok, idx.reshape(-1), vals.reshape(-1),
+                                      g_pre.reshape(-1), g_y)
+    return (mx.zeros_like(x), g_enc, g_b, g_dec, mx.zeros_like(tok), mx.zeros_like(idx),
+            mx.zeros_like(pre_k))
+
+
+def sparse_pairs(x, W_enc, b_enc, W_dec, tok, lat, pre_p):
+    """Sparse encoder-decoder over active (token, latent) pairs, for training.
+
+    ``tok``/``lat`` [P]: the active pairs sorted by token; ``pre_p`` [P]: their
+    pre-activations (x W_enc + b_enc), computed by the caller without gradient.
+    Returns (vals = ReLU(pre_p) [P], y [N, d_out] = sum over a token's pairs of
+    vals * W_dec[lat]). The backward touches only the active columns of W_enc /
+    b_enc and rows of W_dec: the pairs are regrouped by latent and each weight
+    gradient is one segmented GEMM; no [N, width] array is formed. No gradient
+    flows to ``x``, the indices or ``pre_p``: activations are data.
+    With [N,k] ``lat`` and ``pre_p`` (k pairs per token, ``topk_pairs``) the decoder
+    is a batched GEMM over the gathered rows, and vals come back as [N,k]."""
+    if lat.ndim == 2:
+        return _sparse_rows(x, W_enc, b_enc, W_dec, tok, lat, pre_p)
+    return _sparse_pairs(x, W_enc, b_enc, W_dec, tok, lat, pre_p)
+
+
+def topk_pairs(pre: mx.array, k: int, split: int = 2):
+    """(tok [N*k], lat [N,k], pre_p [N,k]) of the per-row top k of 2-D ``pre``."""
+    idx = topk_index(pre, k, split)
+    n = pre.shape[0]
+    tok = mx.broadcast_to(mx.arange(n, dtype=mx.uint32)[:, None], (n, k)).reshape(-1)
+    pre_p = mx.take_along_axis(mx.stop_gradient(pre), idx, axis=-1)
+    return tok, idx.astype(mx.uint32), pre_p
+
+
+def batch_topk_pairs(pre: mx.array, n_keep: int, split: int = 2):
+    """(tok, lat, pre_p) of the n_keep largest entries of 2-D ``pre``, sorted by token.
+
+    The same block argument as ``batch_topk_threshold``; exactly n_keep pairs."""
+    a = mx.stop_gradient(pre)
+    rows, m = a.shape
+    n = a.size
+    n_keep = max(1, min(n_keep, n))
+    b = _block(m, 1)
+    while b > 1 and (m % b or n // b < 2 * n_keep):
+        b //= 2
+    if b == 1:
+        pos = mx.argpartition(a.reshape(-1), n - n_keep)[n - n_keep:]
+    else:
+        blocks = a.reshape(rows, -1, b)
+        if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu:
+            bd = [rows * i // split for i in range(split + 1)]
+            bmax = mx.concatenate([blocks[s:e].max(axis=-1, stream=st)
+                                   for s, e, st in zip(bd[:-1], bd[1:], _cpu_streams(split))])
+        else:
+            bmax = blocks.max(axis=-1)
+        nb = bmax.size
+        top = mx.argpartition(bmax.reshape(-1), nb - n_keep)[nb - n_keep:]
+        cand = blocks.reshape(-1, b)[top].reshape(-1)
+        c = cand.size
+        j = mx.argpartition(cand, c - n_keep)[c - n_keep:]
+        pos = top[j // b] * b + j % b
+    pos = mx.sort(pos.astype(mx.uint32))  # flat row-major positions: sorted == by token
+    return pos // m, pos % m, a.reshape(-1)[pos]
 
 
 def scatter_rows(vals: mx.array, idx: mx.array, width: int) -> mx.array:

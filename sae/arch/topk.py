@@ -1,13 +1,14 @@
 """TopK, BatchTopK and Matryoshka BatchTopK dictionaries.
 
 TopK (Gao et al. 2024):
-  1. f = TopK_k(ReLU(pre)); y^ = f W_dec + b_dec (dense, or the sparse decoder
-     that gathers only the k active rows when ``decoder="sparse"``).
+  1. f = TopK_k(ReLU(pre)); y^ = f W_dec + b_dec (dense, or with ``decoder="sparse"``
+     over the active (token, latent) pairs only, ``sae.ops.sparse_pairs``).
   2. AuxK: the k_aux largest pre-activations among dead latents reconstruct the
      residual e = y - y^ (detached): aux = aux_coef * ||e - e^||^2 / ||e||^2.
 BatchTopK:
-  3. Training keeps the k*B largest ReLU(pre) entries of the batch; the smallest
-     kept value updates an EMA threshold theta (rate ``threshold_ema``).
+  3. Training keeps the k*B largest ReLU(pre) entries of the batch (dense, or as
+     k*B active pairs with ``decoder="sparse"``); the smallest kept value updates an
+     EMA threshold theta (rate ``threshold_ema``).
   4. Inference is the JumpReLU f = pre * 1[pre > theta] (exported as such).
 Matryoshka BatchTopK:
   5. Latents are split into nested groups (``group_fractions``); the loss sums the
@@ -20,7 +21,7 @@ import mlx.core as mx
 
 from sae.dictionary import Dictionary, LossContext
 from sae.errors import ConfigError
-from sae.ops import batch_topk, kth_largest, sparse_decode, topk_indices, topk_relu
+from sae.ops import batch_topk, batch_topk_pairs, kth_largest, sparse_pairs, topk_pairs, topk_relu
 
 
 class TopKDictionary(Dictionary):
@@ -55,24 +56,33 @@ class TopKDictionary(Dictionary):
     def activation(self, pre: mx.array) -> mx.array:
         return topk_relu(pre, self.k)
 
+    def active_pairs(self, pre: mx.array):
+        """(tok, lat, pre_p): the active pairs of the sparse path, sorted by token."""
+        return topk_pairs(pre, self.k)
+
     def loss(self, x: mx.array, y: mx.array, ctx: LossContext):
         if self.hparams["decoder"] != "sparse":
             return super().loss(x, y, ctx)
-        # Sparse path: only the k active decoder rows are touched, forward and backward;
-        # statistics come from the indices instead of a dense [B, width] array.
-        pre = self.pre_acts(x)
-        vals, idx = topk_indices(pre, self.k)
-        y_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
+        # Sparse path: only the active (token, latent) pairs are touched, forward and
+        # backward; statistics come from the pairs instead of a dense [B, width] array.
+        pre = self.train_pre_acts(x)
+        tok, lat, pre_p = self.active_pairs(pre)
+        b_enc = self.b_enc - self.b_dec @ self.W_enc if self.apply_b_dec_to_input else self.b_enc
+        vals, dec = sparse_pairs(x, self.W_enc, b_enc, self.W_dec, tok, lat, pre_p)
+        y_hat = dec + self.b_dec
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
         mse = self.recon_loss(y, y_hat)
         aux = self.aux_loss(x, y, pre, None, y_hat, ctx)
-        on = mx.stop_gradient(vals > 0)
-        hits = mx.zeros((self.width,), mx.float32).at[idx.reshape(-1)].add(
-            on.reshape(-1).astype(mx.float32))
-        stats = dict(mse=mse, sparsity=mx.array(0.0), aux=aux,
-                     l0=on.sum(axis=-1).astype(mx.float32).mean(), fired=hits > 0)
+        on = mx.stop_gradient(vals > 0).astype(mx.float32)
+        hits = mx.zeros((self.width,), mx.float32).at[lat.reshape(-1)].add(on.reshape(-1))
+        stats = dict(self.pair_stats(pre_p), mse=mse, sparsity=mx.array(0.0), aux=aux,
+                     l0=on.sum() / x.shape[0], fired=hits > 0)
         return mse + aux, stats
+
+    def pair_stats(self, pre_p: mx.array) -> dict:
+        """Extra statistics of the sparse path (BatchTopK: its batch threshold)."""
+        return {}
 
     def aux_loss(self, x, y, pre, f, y_hat, ctx: LossContext) -> mx.array:
         if not ctx.use_aux or ctx.dead is None:
@@ -99,11 +109,11 @@ class BatchTopKDictionary(TopKDictionary):
         self.threshold = mx.array(-1.0)  # < 0 means "not yet estimated"
         self.freeze(keys=["threshold"], recurse=False)
 
-    def _check_hparams(self) -> None:
-        super()._check_hparams()
-        if self.hparams["decoder"] != "dense":
-            raise ConfigError("BatchTopK has a variable number of active latents per token; "
-                              "use decoder='dense'")
+    def active_pairs(self, pre: mx.array):
+        return batch_topk_pairs(pre, self.k * pre.shape[0])
+
+    def pair_stats(self, pre_p: mx.array) -> dict:
+        return {"batch_threshold": mx.maximum(pre_p.min(), 0)}
 
     def activation(self, pre: mx.array) -> mx.array:
         return pre * (pre > mx.maximum(self.threshold, 0)).astype(pre.dtype)
@@ -134,6 +144,9 @@ class MatryoshkaDictionary(BatchTopKDictionary):
 
     def _check_hparams(self) -> None:
         super()._check_hparams()
+        if self.hparams["decoder"] != "dense":
+            raise ConfigError("Matryoshka sums nested-prefix losses over a dense [batch, width] "
+                              "activation; use decoder='dense'")
         fr = list(self.hparams["group_fractions"])
         if not fr or min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6:
             raise ConfigError(f"group_fractions must be positive and sum to 1, got {fr}")
@@ -150,7 +163,7 @@ class MatryoshkaDictionary(BatchTopKDictionary):
         return sorted(set(ends))
 
     def loss(self, x: mx.array, y: mx.array, ctx: LossContext):
-        pre = self.pre_acts(x)
+        pre = self.train_pre_acts(x)
         f, stats = self.train_activation(pre)
         recon = self.b_dec + (x @ self.W_skip if self.W_skip is not None else 0)
         total, start, mse = mx.array(0.0), 0, None

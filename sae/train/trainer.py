@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from attribution.allocator import keep_freed_memory
 from sae.data.source import ArraySource
 from sae.errors import ConfigError, EmptyDatasetError, NonFiniteError
 from sae.train.checkpoint import load_checkpoint, save_checkpoint
@@ -118,6 +119,7 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
         raise ConfigError(f"unexpected arguments {sorted(harvest_kw)} (only for model sources)")
     if isinstance(source, Mapping):
         source = ArraySource(source)
+    keep_freed_memory()  # big per-step temporaries reuse heap pages (attribution.allocator)
     cfgs = [configs] if isinstance(configs, TrainConfig) else list(configs)
     if not cfgs:
         raise ConfigError("no TrainConfig given")

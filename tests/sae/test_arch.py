@@ -156,28 +156,40 @@ def test_topk_auxk_value(rng):
     assert float(loss) == pytest.approx(((e ** 2).sum(1)).mean() + aux, rel=1e-4)
 
 
-def test_sparse_decoder_matches_dense(rng):
-    dense = random_dictionary("topk", d_in=16, width=64, seed=7, k=5)
-    sparse = TopKDictionary(16, 64, in_site=dense.in_site, k=5, decoder="sparse")
-    sparse.load_arrays(dense.arrays())
-    x = mx.array(rng.standard_normal((32, 16)).astype(np.float32))
-    ctx = LossContext(0.0, None)
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder"])
+def test_sparse_decoder_matches_dense(rng, kind, arch):
+    """Sparse path == dense path: loss, stats and every gradient, with and without AuxK."""
     from mlx import nn
 
     from sae.dictionary import _flat
-    (l1, s1), g1 = nn.value_and_grad(dense, lambda: dense.loss(x, x, ctx))()
-    (l2, s2), g2 = nn.value_and_grad(sparse, lambda: sparse.loss(x, x, ctx))()
-    assert float(l1) == pytest.approx(float(l2), rel=1e-5)
-    assert float(s1["l0"]) == pytest.approx(float(s2["l0"]))
-    np.testing.assert_array_equal(np.array(s1["fired"]), np.array(s2["fired"]))
-    # with dead latents the AuxK term is shared by both paths
+    d_out = 16 if kind == "sae" else 12
+    kw = dict(d_out=d_out, k=5, skip=kind == "skip_transcoder", apply_b_dec_to_input=kind == "sae")
+    cls = architecture(arch)
+    dense = cls(16, 64, **kw)
+    dense.init_weights(mx.random.key(7))
+    arrays = {n: mx.array(rng.standard_normal(v.shape).astype(np.float32) * 0.3)
+              for n, v in dense.arrays().items()}
+    dense.load_arrays(arrays)
+    sparse = cls(16, 64, decoder="sparse", **kw)
+    sparse.load_arrays(arrays)
+    x = mx.array(rng.standard_normal((32, 16)).astype(np.float32))
+    y = x if kind == "sae" else mx.array(rng.standard_normal((32, d_out)).astype(np.float32))
     dead = mx.array(np.arange(64) % 3 == 0)
-    la = dense.loss(x, x, LossContext(0.0, dead, True))[0]
-    lb = sparse.loss(x, x, LossContext(0.0, dead, True))[0]
-    assert float(la) == pytest.approx(float(lb), rel=1e-5)
-    g1, g2 = _flat(g1), _flat(g2)
-    for k in g1:
-        np.testing.assert_allclose(np.array(g1[k]), np.array(g2[k]), atol=1e-4, rtol=1e-4)
+    for ctx in (LossContext(0.0, None), LossContext(0.0, dead, True)):
+        (l1, s1), g1 = nn.value_and_grad(dense, lambda: dense.loss(x, y, ctx))()
+        (l2, s2), g2 = nn.value_and_grad(sparse, lambda: sparse.loss(x, y, ctx))()
+        assert float(l1) == pytest.approx(float(l2), rel=1e-5)
+        assert float(s1["l0"]) == pytest.approx(float(s2["l0"]))
+        assert float(s1["aux"]) == pytest.approx(float(s2["aux"]), rel=1e-5)
+        np.testing.assert_array_equal(np.array(s1["fired"]), np.array(s2["fired"]))
+        if arch == "batchtopk":
+            assert float(s1["batch_threshold"]) == float(s2["batch_threshold"]) > 0
+        g1, g2 = _flat(g1), _flat(g2)
+        assert set(g1) == set(g2)
+        for n in g1:
+            assert float(mx.abs(g1[n]).max()) > 0, n  # every parameter gets a gradient
+            np.testing.assert_allclose(np.array(g1[n]), np.array(g2[n]), atol=1e-4, rtol=1e-4)
 
 
 def test_jumprelu_ste_gradients(rng):
@@ -319,11 +331,12 @@ def test_config_errors():
 
 def test_batch_topk_threshold_parallel_is_exact(rng):
     from sae.ops import batch_topk_threshold
-    a = rng.standard_normal((64, 500)).astype(np.float32)
-    for n_keep in (1, 7, 320, 4000):
-        want = np.sort(a.ravel())[::-1][n_keep - 1]
-        for split in (1, 2, 3):
-            assert float(batch_topk_threshold(mx.array(a), n_keep, split)) == want
+    for a in (rng.standard_normal((64, 500)), np.round(rng.standard_normal((64, 512)) * 3)):
+        a = a.astype(np.float32)
+        for n_keep in (1, 7, 320, 4000, 20000):
+            want = np.sort(a.ravel())[::-1][n_keep - 1]
+            for split in (1, 2, 3):
+                assert float(batch_topk_threshold(mx.array(a), n_keep, split)) == want
 
 
 def test_clt_auxk_value(rng):
@@ -358,3 +371,33 @@ def test_clt_auxk_value(rng):
         num += ((e - e_hat) ** 2).sum(1).mean()
         den += (e ** 2).sum(1).mean()
     assert float(st["aux"]) == pytest.approx(num / den / 32, rel=1e-4)
+
+
+@pytest.mark.parametrize("shape,k", [((64, 512), 8), ((7, 4096), 32), ((33, 96), 40), ((5, 10), 10),
+                                     ((16, 1024), 1)])
+def test_topk_selection_matches_sort(rng, shape, k):
+    """Two-stage block selection == a full sort, ties included (quantised values)."""
+    from sae.ops import kth_largest, topk_index
+    for a in (rng.standard_normal(shape), np.round(rng.standard_normal(shape) * 2)):
+        a = a.astype(np.float32)
+        want_kth = np.sort(a, axis=1)[:, ::-1][:, k - 1]
+        for split in (1, 2):
+            idx = np.array(topk_index(mx.array(a), k, split))
+            assert idx.shape == (shape[0], k)
+            assert all(len(set(r)) == k for r in idx)  # k distinct entries per row
+            got = np.sort(np.take_along_axis(a, idx, axis=1), axis=1)[:, ::-1]
+            np.testing.assert_array_equal(got, np.sort(a, axis=1)[:, ::-1][:, :k])
+            np.testing.assert_array_equal(np.array(kth_largest(mx.array(a), k, split))[:, 0], want_kth)
+
+
+@pytest.mark.parametrize("shape,n_keep", [((64, 512), 300), ((64, 512), 9000), ((6, 10), 7), ((128, 96), 1)])
+def test_batch_topk_pairs_are_the_global_top(rng, shape, n_keep):
+    """Exactly the n_keep largest entries, as (token, latent) pairs sorted by token."""
+    from sae.ops import batch_topk_pairs
+    a = rng.standard_normal(shape).astype(np.float32)
+    for split in (1, 2):
+        tok, lat, pre_p = (np.array(v) for v in batch_topk_pairs(mx.array(a), n_keep, split))
+        flat = tok.astype(np.int64) * shape[1] + lat
+        want = np.sort(np.argsort(-a.ravel(), kind="stable")[:n_keep])
+        np.testing.assert_array_equal(flat, want)
+        np.testing.assert_array_equal(pre_p, a.ravel()[want])

@@ -249,11 +249,15 @@ def test_compiled_step_matches_eager(arch):
 
 def test_decoder_auto_choice():
     c = TrainConfig(kind="sae", arch="topk", sites=(S,), width=16384, k=32)
-    assert c.decoder_for(16384) == "sparse" and c.decoder_for(4096) == "dense"
+    assert c.decoder_for(16384) == "sparse" and c.decoder_for(4096) == "sparse"
+    assert c.decoder_for(2048) == "dense"
+    b = TrainConfig(kind="sae", arch="batchtopk", sites=(S,), width=16384, k=32)
+    assert b.decoder_for(16384) == "sparse" and b.decoder_for(4096) == "dense"
+    assert TrainConfig(kind="sae", arch="jumprelu", sites=(S,), width=8).decoder_for(2 ** 20) == "dense"
     assert TrainConfig(kind="sae", arch="topk", sites=(S,), width=8, k=2,
                        decoder="dense").decoder_for(2 ** 20) == "dense"
     with pytest.raises(ConfigError):
-        TrainConfig(kind="sae", arch="batchtopk", sites=(S,), width=8, k=2, decoder="sparse")
+        TrainConfig(kind="sae", arch="matryoshka", sites=(S,), width=8, k=2, decoder="sparse")
 
 
 def test_lr_schedule():
