@@ -157,26 +157,13 @@ def predicted_effects(model, dicts, cfg: DemoConfig) -> "pd.DataFrame":
 
 
 def ig_vs_patching(model, dicts, cfg: DemoConfig, progress) -> "pd.DataFrame":
-    """IG and exact-patching node scores (counterfactual) on several task prompts."""
-    import pandas as pd
-
-    from attribution import GraphConfig, build_graph, logit_diff
+    """IG, AtP and exact-patching node scores (counterfactual) on several task prompts."""
+    from circuits.validate.node_scores import node_score_agreement
 
     data = _task(model, cfg.task, cfg.agreement_prompts, seed=11)
-    rows = []
-    for i in range(cfg.agreement_prompts):
-        clean, corrupted, good, bad = _example(data, i)
-        scores = {}
-        for method in ("ig", "patching", "atp"):
-            g = build_graph(model, dicts, clean, targets=logit_diff(model, good, bad), method=method,
-                            config=GraphConfig(ablation="counterfactual", ig_steps=cfg.ig_steps),
-                            counterfactual=corrupted)
-            scores[method] = g.edges().set_index("source")["weight"]
-        df = pd.DataFrame(scores).fillna(0.0)
-        df["prompt"] = i
-        rows.append(df.reset_index().rename(columns={"index": "node"}))
-        progress(i + 1, cfg.agreement_prompts)
-    return pd.concat(rows, ignore_index=True)
+    res = node_score_agreement(model, dicts, data, n_prompts=cfg.agreement_prompts,
+                               ig_steps=cfg.ig_steps, on_progress=progress)
+    return res.table
 
 
 def _pearson(a, b) -> float:

@@ -24,10 +24,12 @@ from circuits.validate.faithfulness import (
     normalised,
     smallest_faithful,
 )
+from circuits.validate.node_scores import NodeScoreAgreement, node_score_agreement
 from circuits.validate.stability import Stability, jaccard, stability
 
 __all__ = [
-    "MIB_FRACTIONS", "Agreement", "Curve", "Faithfulness", "Stability", "area_under", "cmd",
-    "cpr", "faithfulness", "faithfulness_curve", "jaccard", "measured_node_effects",
-    "normalised", "predicted_vs_measured", "smallest_faithful", "stability",
+    "MIB_FRACTIONS", "Agreement", "Curve", "Faithfulness", "NodeScoreAgreement", "Stability",
+    "area_under", "cmd", "cpr", "faithfulness", "faithfulness_curve", "jaccard",
+    "measured_node_effects", "node_score_agreement", "normalised", "predicted_vs_measured",
+    "smallest_faithful", "stability",
 ]

@@ -47,16 +47,20 @@ def read_texts(src: str | Path | Iterable[str], column: str = "text") -> Iterato
 
 def pack_tokens(model, texts: Iterable[str], context_len: int, bos_id: int | None = None
                 ) -> Iterator[np.ndarray]:
-    """Contexts [context_len] int32 from concatenated tokenised documents."""
+    """Contexts [context_len] int32 from concatenated tokenised documents.
+
+    With ``bos_id`` every context starts with BOS: one is prepended to the next
+    context_len - 1 tokens unless the stream already has it there (no token is dropped)."""
     buf: list[int] = []
     for t in texts:
-        ids = list(model.encode(t))
-        buf.extend(ids)
-        while len(buf) >= context_len:
-            ctx, buf = buf[:context_len], buf[context_len:]
-            if bos_id is not None and ctx[0] != bos_id:
-                ctx = [bos_id] + ctx[:-1]
-            yield np.asarray(ctx, dtype=np.int32)
+        buf.extend(model.encode(t))
+        while True:
+            add_bos = bos_id is not None and (not buf or buf[0] != bos_id)
+            take = context_len - 1 if add_bos else context_len
+            if len(buf) < take:
+                break
+            ctx, buf = buf[:take], buf[take:]
+            yield np.asarray([bos_id] + ctx if add_bos else ctx, dtype=np.int32)
 
 
 def harvest(model, texts, sites: Sequence, *, context_len: int = 128, batch_size: int = 8,

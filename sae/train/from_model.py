@@ -30,13 +30,21 @@ def needed_sites(configs) -> list:
     return sorted(sites, key=lambda s: s.order)
 
 
-def train_on_model(model, texts, configs, *, context_len: int = 128, batch_size: int = 8,
+def train_on_model(model, texts, configs, *, context_len: int | None = None, batch_size: int = 8,
                    buffer_tokens: int = 2 ** 16, cache_dir=None, outlier_factor: float | None = 10.0,
                    **train_kw) -> TrainResult:
-    """Harvest activations from ``model`` on ``texts`` and train ``configs`` on them."""
+    """Harvest activations from ``model`` on ``texts`` and train ``configs`` on them.
+
+    ``context_len`` defaults to 128 tokens, or the model's context when shorter."""
     cfgs = [configs] if isinstance(configs, TrainConfig) else list(configs)
     if not cfgs:
         raise ConfigError("no TrainConfig given")
+    max_ctx = getattr(model, "max_context", None)
+    if context_len is None:
+        context_len = min(128, max_ctx) if max_ctx else 128
+    elif max_ctx and context_len > max_ctx:
+        raise ConfigError(f"context_len={context_len} exceeds the model's context of {max_ctx} "
+                          f"tokens; pass context_len<={max_ctx}")
     sites = needed_sites(cfgs)
     for s in sites:
         s.check(model.n_layers)

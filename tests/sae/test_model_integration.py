@@ -38,6 +38,24 @@ def test_read_texts_formats(tmp_path):
     assert list(read_texts(tmp_path / "c.parquet")) == ["p q"]
 
 
+def test_pack_tokens_keeps_every_token():
+    """With BOS insertion the contexts, minus their BOS, are the token stream in order."""
+    from sae.data.harvest import pack_tokens as pack
+
+    class Enc:
+        def encode(self, t):
+            return [int(w) for w in t.split()]
+    docs = [" ".join(str(10 + i) for i in range(j * 7, j * 7 + 7)) for j in range(6)]  # 42 tokens
+    ctxs = list(pack(Enc(), docs, 8, bos_id=1))
+    assert all(len(c) == 8 and c[0] == 1 for c in ctxs)
+    stream = [t for c in ctxs for t in c[1:]]
+    assert stream == list(range(10, 10 + len(stream))) and len(stream) == 42  # 6 x 7, no remainder
+    # a stream that already carries BOS at a context start is not given a second one
+    ctxs = list(pack(Enc(), ["1 2 3 4", "1 5 6 7"], 4, bos_id=1))
+    assert [list(c) for c in ctxs] == [[1, 2, 3, 4], [1, 5, 6, 7]]
+    assert [list(c) for c in pack(Enc(), ["5 6 7 8 9"], 4)] == [[5, 6, 7, 8]]  # no BOS: plain chunks
+
+
 def test_harvest_matches_capture_and_drops_bos(model):
     sites = [Site(0, "mlp_in"), Site(1, "resid_post")]
     chunk = next(harvest(model, TEXT, sites, context_len=16, batch_size=4))
@@ -91,3 +109,34 @@ def test_spliced_ce_exact_and_zero_dictionaries(model):
     assert df.loc["zero", "kl_spliced"] == pytest.approx(df.loc["zero", "kl_baseline"], rel=1e-5)
     mean = evaluate_spliced(model, [exact], _tokens(model), baseline="mean")
     assert mean.iloc[0].ce_recovered == pytest.approx(1.0, abs=1e-4)
+
+
+def test_context_len_follows_the_model(model, monkeypatch):
+    """Default context = min(128, model context); a longer explicit one is refused, named."""
+    import importlib
+
+    fm = importlib.import_module("sae.train.from_model")  # sae.train is also the function
+    from sae.errors import ConfigError
+
+    cfg = TrainConfig(kind="sae", arch="topk", sites=(Site(0, "resid_post"),), width=16, k=2,
+                      total_tokens=64, batch_tokens=32)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_source(m, texts, sites, *, context_len, **kw):
+        seen["ctx"] = context_len
+        raise Stop
+
+    monkeypatch.setattr(fm, "harvest_source", fake_source)
+    monkeypatch.setattr(model, "max_context", 48)
+    with pytest.raises(Stop):
+        fm.train_on_model(model, TEXT, cfg)
+    assert seen["ctx"] == 48
+    with pytest.raises(ConfigError, match="exceeds the model's context of 48"):
+        fm.train_on_model(model, TEXT, cfg, context_len=64)
+    monkeypatch.setattr(model, "max_context", None)
+    with pytest.raises(Stop):
+        fm.train_on_model(model, TEXT, cfg)
+    assert seen["ctx"] == 128
