@@ -12,7 +12,9 @@ Algorithm:
      batched VJPs (``exact.exact_rows``) and build the graph from the kept
      edges; with ``max_feature_nodes`` only the processed features stay.
      ``atp``/``ig``/``patching``: node scores (``patching.node_scores``)
-     become edges from each feature/error node to one logit node ``metric``.
+     become edges from each feature/error node to one logit node ``metric``;
+     with ``feature_edges`` the feature rows (``patch_edges``) are sparsified
+     like the exact graph's and added.
   4. Metadata records the model, dictionaries, prompt, tokens, method,
      ablation, config and the code version.
 """
@@ -34,6 +36,7 @@ from attribution.graph.errors import GraphMemoryError
 from attribution.graph.graph import Graph
 from attribution.graph.keys import LogitNode
 from attribution.graph.memory import estimate_memory
+from attribution.graph.sparsify import SparseRowBuilder
 from attribution.model.tokens import as_tokens
 from attribution.replacement.errors import AttributionMethodError
 from attribution.replacement.model import ReplacementModel
@@ -107,17 +110,26 @@ def build_graph(model, dictionaries, prompt_or_tokens, targets: TargetSpec = Non
         return _exact_graph(rm, state, tg, config, text, ids, tok_str, progress)
     ns = node_scores(rm, state, tg, method, ablation=config.ablation, steps=config.ig_steps,
                      batch_size=config.batch_size, feature_threshold=config.feature_threshold,
-                     counterfactual=counterfactual, reference=reference, metric=metric)
+                     counterfactual=counterfactual, reference=reference, metric=metric,
+                     feature_edges=config.feature_edges)
     keys = list(ns.keys) + [LogitNode(len(ids) - 1, -1, "metric")]
     n = len(keys)
     adj = sp.csr_matrix((ns.scores, (np.full(n - 1, n - 1), np.arange(n - 1))), shape=(n, n))
+    dropped = np.zeros(n)
+    if ns.edges is not None:  # feature rows, sparsified like the exact graph's
+        rows = SparseRowBuilder(n, config.edges_per_target, config.edge_threshold)
+        for s in range(0, len(ns.edge_targets), 1024):
+            blk = ns.edges[s: s + 1024]
+            rows.add(ns.edge_targets[s: s + 1024], np.concatenate([blk, np.zeros((len(blk), 1))], 1))
+        built = rows.finish()
+        adj, dropped = (adj + built.adjacency).tocsr(), built.dropped_mass
     md = _metadata(model, rm, text, ids, method, config,
                    {"ablation": config.ablation, "clean_metric": ns.clean_metric,
                     "forward_passes": ns.forward_passes, "targets": [str(k) for k in tg.keys],
                     "ig_steps": config.ig_steps if method == "ig" else None})
     act = np.concatenate([ns.activation, [ns.clean_metric]])
     tokens = [tok_str[k.pos] for k in ns.keys] + ["metric"]
-    return Graph.from_keys(keys, adj, act, [1.0], md, token=tokens)
+    return Graph.from_keys(keys, adj, act, [1.0], md, token=tokens, dropped_mass=dropped)
 
 
 def _exact_graph(rm, state, tg, config, text, ids, tok_str, progress) -> Graph:

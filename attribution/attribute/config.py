@@ -40,6 +40,10 @@ class GraphConfig:
     """Baseline of the patching methods (recorded in the graph metadata)."""
     ig_steps: int = 16
     """Interpolation steps of integrated gradients (midpoint rule)."""
+    feature_edges: bool = False
+    """atp / ig / patching: also estimate every feature-to-feature edge (a target's activation
+    change when a source is ablated). Free with patching's forwards; atp costs a backward per
+    ``batch_size`` targets, ig ``ig_steps`` backwards per source layer and target batch."""
     memory_fraction: float = 0.8
     """Refuse when the estimate exceeds this fraction of available memory."""
     available_memory_bytes: int | None = None

@@ -18,6 +18,8 @@ function of the logits). Every method estimates M(node ablated) − M(clean):
 A node is changed by adding (ablated − clean) to the live latent (or to the
 error term): upstream of the edit nothing changes, so the live latent equals
 the clean one and the node takes exactly its ablated value.
+  5. With ``feature_edges=True`` each method also estimates every feature-to-feature
+     edge u -> v (v's activation change when u is ablated); see ``patch_edges``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from typing import NamedTuple
 import mlx.core as mx
 import numpy as np
 
+from attribution.attribute.patch_edges import (
+    Sources,
+    Targets,
+    atp_block,
+    ig_block,
+    patching_columns,
+)
 from attribution.graph.keys import ErrorNode, FeatureNode
 from attribution.model.tokens import as_tokens
 from attribution.replacement.errors import AttributionMethodError
@@ -51,6 +60,11 @@ class NodeScores(NamedTuple):
     """zero | mean | counterfactual."""
     forward_passes: int
     """Batched forwards (with or without backward) run."""
+    edges: np.ndarray | None = None
+    """[n_feature_nodes, n] float64 feature-to-feature edges (``feature_edges=True``):
+    row i is target ``edge_targets[i]``, column j is source ``keys[j]``."""
+    edge_targets: np.ndarray | None = None
+    """Indices into ``keys`` of the edge rows (the feature nodes)."""
 
 
 def ablated_values(rm, state, ablation: str, counterfactual=None, reference=None):
@@ -99,16 +113,21 @@ class _Metric:
         self.pos = int(targets.keys[0].pos) if targets.keys else state.tokens.shape[1] - 1
         self.passes = 0
 
-    def __call__(self, d_f: dict, d_e: dict) -> mx.array:
-        """Per-copy metric [B] with latent deltas d_f and error deltas d_e ({layer: [B,T,.]})."""
+    def run(self, d_f: dict, d_e: dict):
+        """(per-copy metric [B], ``SplicedOut``) with latent deltas d_f and error deltas d_e
+        ({layer: [B,T,.]}; layers may be missing)."""
         b = next(iter(d_f.values())).shape[0] if d_f else next(iter(d_e.values())).shape[0]
         toks = mx.broadcast_to(self.state.tokens, (b, self.state.tokens.shape[1]))
         out = spliced_forward(self.rm, toks, self.state, edit=lambda l, f: f + d_f[l] if l in d_f else f,
                               error_delta=d_e)
         self.passes += 1
         if self.metric is not None:
-            return self.metric(out.logits).reshape(b)
-        return mx.sum(out.norm_out[:, self.pos] * self.w.sum(0)[None], axis=-1)
+            return self.metric(out.logits).reshape(b), out
+        return mx.sum(out.norm_out[:, self.pos] * self.w.sum(0)[None], axis=-1), out
+
+    def __call__(self, d_f: dict, d_e: dict) -> mx.array:
+        """Per-copy metric [B] (see ``run``)."""
+        return self.run(d_f, d_e)[0]
 
 
 def _node_list(state, f_abl: dict, threshold: float):
@@ -154,50 +173,41 @@ def _ig(m: _Metric, state, f_abl, e_abl, steps: int, batch: int):
     return sf, se
 
 
-def _patching(m: _Metric, state, f_abl, e_abl, where, batch: int) -> np.ndarray:
-    t = state.tokens.shape[1]
-    out = np.zeros(len(where))
-    for s in range(0, len(where), batch):
-        chunk = where[s: s + batch]
-        b = len(chunk)
-        df = {l: np.zeros((b, t, a.shape[-1]), np.float32) for l, a in state.acts.items()}
-        de = {l: np.zeros((b, t, e.shape[-1]), np.float32) for l, e in state.error.items()}
-        for r, (kind, l, p, f) in enumerate(chunk):
-            if kind == "f":
-                df[l][r, p, f] = float(f_abl[l][p, f] - state.acts[l][p, f])
-            else:
-                de[l][r, p] = np.asarray(e_abl[l][p] - state.error[l][p])
-        # One extra unpatched copy: differences are taken within the same batched forward.
-        df = {l: np.concatenate([v, np.zeros_like(v[:1])]) for l, v in df.items()}
-        de = {l: np.concatenate([v, np.zeros_like(v[:1])]) for l, v in de.items()}
-        vals = np.asarray(m({l: mx.array(v) for l, v in df.items()},
-                            {l: mx.array(v) for l, v in de.items()}), dtype=np.float64)
-        out[s: s + b] = vals[:-1] - vals[-1]
-    return out
-
-
 def node_scores(rm, state, targets, method: str, *, ablation: str = "zero", steps: int = 16,
                 batch_size: int = 32, feature_threshold: float = 0.0, counterfactual=None,
-                reference=None, metric: Callable | None = None) -> NodeScores:
-    """Scores of every feature and error node by ``method`` (module docstring)."""
+                reference=None, metric: Callable | None = None, feature_edges: bool = False,
+                max_edge_bytes: int = 2 ** 31) -> NodeScores:
+    """Scores of every feature and error node by ``method`` (module docstring); with
+    ``feature_edges`` also feature-to-feature edges (``attribution.attribute.patch_edges``)."""
     if method not in ("atp", "ig", "patching"):
         raise AttributionMethodError(f"unknown patching method {method!r}; use atp, ig or patching")
     f_abl, e_abl = ablated_values(rm, state, ablation, counterfactual, reference)
     m = _Metric(rm, state, targets, metric)
     clean_metric = float(m({}, {l: mx.zeros_like(e)[None] for l, e in state.error.items()})[0])
     keys, where = _node_list(state, f_abl, feature_threshold)
+    edges = tg = None
+    if feature_edges:
+        tg = Targets(where)
     if method == "patching":
-        scores = _patching(m, state, f_abl, e_abl, where, batch_size)
+        scores, edges = patching_columns(m, state, f_abl, e_abl, where, batch_size, tg, len(where),
+                                         max_edge_bytes)
     else:
         sf, se = (_atp(m, state, f_abl, e_abl) if method == "atp"
                   else _ig(m, state, f_abl, e_abl, steps, batch_size))
         sf = {l: np.asarray(v) for l, v in sf.items()}
         se = {l: np.asarray(v) for l, v in se.items()}
         scores = np.array([sf[l][p, f] if k == "f" else se[l][p] for k, l, p, f in where], np.float64)
+        if feature_edges:
+            src = Sources(where, state, f_abl, e_abl)
+            edges = (atp_block(m, state, src, tg, batch_size, len(where), max_edge_bytes)
+                     if method == "atp" else
+                     ig_block(m, state, f_abl, e_abl, src, tg, steps, batch_size, len(where),
+                              max_edge_bytes))
     acts = {l: np.asarray(a) for l, a in state.acts.items()}
     errn = {l: np.linalg.norm(np.asarray(e), axis=-1) for l, e in state.error.items()}
     act = np.array([acts[l][p, f] if k == "f" else errn[l][p] for k, l, p, f in where], np.float64)
-    return NodeScores(keys, scores, act, clean_metric, method, ablation, m.passes)
+    return NodeScores(keys, scores, act, clean_metric, method, ablation, m.passes, edges,
+                      None if tg is None else tg.node)
 
 
 __all__ = ["NodeScores", "ablated_values", "integrated_gradients", "node_scores"]

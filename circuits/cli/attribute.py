@@ -31,6 +31,9 @@ def add_parser(sub, name: str) -> None:
                    help="baseline of the patching-style methods")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--edges-per-target", type=int, default=None, help="keep the top-k inputs per target")
+    p.add_argument("--feature-edges", action="store_true",
+                   help="atp/ig/patching: also estimate feature-to-feature edges (not just node scores)")
+    p.add_argument("--ig-steps", type=int, default=16, help="integration steps of --method ig")
 
 
 def task_example(model, task: str, example: int, seed: int = 0):
@@ -51,8 +54,10 @@ def build(model, dicts, args, prog=None):
     prompt = args.prompt if args.prompt is not None else clean
     targets = logit_diff(model, good, bad) if args.target == "logit_diff" else None
     ablation = args.ablation if args.method != "exact" else "zero"
+    if args.feature_edges and args.method == "exact":
+        raise ValueError("--feature-edges is for --method atp, ig or patching (exact always has them)")
     cfg = GraphConfig(batch_size=args.batch_size, edges_per_target=args.edges_per_target,
-                      ablation=ablation)
+                      ablation=ablation, feature_edges=args.feature_edges, ig_steps=args.ig_steps)
     cf = corrupted if (args.ablation == "counterfactual" and args.prompt is None) else None
     if args.method != "exact" and args.ablation == "counterfactual" and cf is None:
         raise ValueError("counterfactual ablation needs a task prompt; drop --prompt or use --ablation zero")

@@ -7,6 +7,7 @@ clear line on stderr, a non-zero exit code, and leave no partial output behind.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from circuits.cli import main
@@ -33,6 +34,23 @@ def run_dir(tmp_path_factory):
 def _no_partial(parent: Path, name: str):
     assert not (parent / name).exists(), f"partial output {parent / name} left behind"
     assert not [p for p in parent.iterdir() if ".staging-" in p.name], "staging directory left behind"
+
+
+def test_patching_style_graph_with_feature_edges_prunes(run_dir, capsys):
+    from attribution.graph import Graph
+
+    code, _, err = cli(capsys, "attribute", "--dicts", run_dir / "tc" / "dictionaries", "--method",
+                       "atp", "--feature-edges", "--out", run_dir / "atp")
+    assert code == 0, err
+    g = Graph.load(run_dir / "atp")
+    feat = np.flatnonzero(np.asarray(g.nodes["type"] == "feature"))
+    assert g.adjacency.tocsr()[feat].nnz > 0  # feature rows, not only the metric row
+    code, _, err = cli(capsys, "prune", "--graph", run_dir / "atp", "--out", run_dir / "atp_c")
+    assert code == 0, err
+    code, _, err = cli(capsys, "attribute", "--dicts", run_dir / "tc" / "dictionaries",
+                       "--feature-edges", "--out", run_dir / "bad")
+    assert code == 1 and "--feature-edges is for --method" in err
+    _no_partial(run_dir, "bad")
 
 
 def test_chain_writes_documented_formats(run_dir, capsys):
