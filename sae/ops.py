@@ -6,7 +6,7 @@
    k among those k*b candidates. Exact: an entry outside the kept blocks is at most
    its block's maximum, which is at most the k kept maxima, all distinct entries.
    Rows are split across two CPU streams. ``topk_relu`` keeps every entry at least
-   the k-th largest (``kth_largest``); ``topk_indices`` returns indices + values.
+   the k-th largest (``kth_largest``).
 2. ``batch_topk`` keeps the k*B largest entries of the whole batch: the threshold is
    found by the same block argument over the flattened batch (n_keep blocks).
 3. ``jumprelu`` / ``heaviside``: JumpReLU and step with straight-through
@@ -82,30 +82,18 @@ def topk_relu(pre: mx.array, k: int) -> mx.array:
     return f.reshape(shape)
 
 
-def topk_indices(pre: mx.array, k: int, split: int = 2) -> tuple[mx.array, mx.array]:
-    """(values [N,k] = ReLU of the top-k pre-activations, indices [N,k]) per row of 2-D pre."""
-    idx = topk_index(pre, k, split)
-    vals = mx.maximum(mx.take_along_axis(pre, idx, axis=-1), 0)
-    return vals, idx
-
-
-def batch_topk_threshold(pre: mx.array, n_keep: int, split: int = 2) -> mx.array:
-    """Scalar: the n_keep-th largest entry of the whole array (module docstring, 3).
+def _global_top(a: mx.array, n_keep: int, split: int = 2) -> mx.array:
+    """Flat positions [n_keep] of the n_keep largest entries of 2-D ``a`` (module docstring, 2).
 
     Exact: the global top n_keep lie in the n_keep blocks with the largest maxima
-    (block maxima computed on ``split`` CPU streams), so only those are partitioned.
-    """
-    a = mx.stop_gradient(pre)
-    a = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+    (block maxima computed on ``split`` CPU streams), so only those are partitioned."""
+    rows, m = a.shape
     n = a.size
-    n_keep = max(1, min(n_keep, n))
-    b = _block(a.shape[1], 1)
-    while b > 1 and (a.shape[1] % b or n // b < 2 * n_keep):
+    b = _block(m, 1)
+    while b > 1 and (m % b or n // b < 2 * n_keep):
         b //= 2
     if b == 1:
-        flat = a.reshape(-1)
-        return mx.partition(flat, n - n_keep)[n - n_keep]
-    rows = a.shape[0]
+        return mx.argpartition(a.reshape(-1), n - n_keep)[n - n_keep:]
     blocks = a.reshape(rows, -1, b)
     if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu:
         bd = [rows * i // split for i in range(split + 1)]
@@ -117,7 +105,29 @@ def batch_topk_threshold(pre: mx.array, n_keep: int, split: int = 2) -> mx.array
     top = mx.argpartition(bmax.reshape(-1), nb - n_keep)[nb - n_keep:]
     cand = blocks.reshape(-1, b)[top].reshape(-1)
     c = cand.size
-    return mx.partition(cand, c - n_keep)[c - n_keep]
+    j = mx.argpartition(cand, c - n_keep)[c - n_keep:]
+    return top[j // b] * b + j % b
+
+
+def _as_2d(pre: mx.array) -> mx.array:
+    a = mx.stop_gradient(pre)
+    return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+
+
+def batch_topk_threshold(pre: mx.array, n_keep: int, split: int = 2) -> mx.array:
+    """Scalar: the n_keep-th largest entry of the whole array (exact, ties included)."""
+    a = _as_2d(pre)
+    n_keep = max(1, min(n_keep, a.size))
+    return a.reshape(-1)[_global_top(a, n_keep, split)].min()
+
+
+def batch_topk_pairs(pre: mx.array, n_keep: int, split: int = 2):
+    """(tok, lat, pre_p) of the n_keep largest entries of 2-D ``pre``, sorted by token."""
+    a = _as_2d(pre)
+    n_keep = max(1, min(n_keep, a.size))
+    pos = mx.sort(_global_top(a, n_keep, split).astype(mx.uint32))  # row-major: by token
+    m = a.shape[1]
+    return pos // m, pos % m, a.reshape(-1)[pos]
 
 
 def batch_topk(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -258,40 +268,3 @@ def topk_pairs(pre: mx.array, k: int, split: int = 2):
     tok = mx.broadcast_to(mx.arange(n, dtype=mx.uint32)[:, None], (n, k)).reshape(-1)
     pre_p = mx.take_along_axis(mx.stop_gradient(pre), idx, axis=-1)
     return tok, idx.astype(mx.uint32), pre_p
-
-
-def batch_topk_pairs(pre: mx.array, n_keep: int, split: int = 2):
-    """(tok, lat, pre_p) of the n_keep largest entries of 2-D ``pre``, sorted by token.
-
-    The same block argument as ``batch_topk_threshold``; exactly n_keep pairs."""
-    a = mx.stop_gradient(pre)
-    rows, m = a.shape
-    n = a.size
-    n_keep = max(1, min(n_keep, n))
-    b = _block(m, 1)
-    while b > 1 and (m % b or n // b < 2 * n_keep):
-        b //= 2
-    if b == 1:
-        pos = mx.argpartition(a.reshape(-1), n - n_keep)[n - n_keep:]
-    else:
-        blocks = a.reshape(rows, -1, b)
-        if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu:
-            bd = [rows * i // split for i in range(split + 1)]
-            bmax = mx.concatenate([blocks[s:e].max(axis=-1, stream=st)
-                                   for s, e, st in zip(bd[:-1], bd[1:], _cpu_streams(split))])
-        else:
-            bmax = blocks.max(axis=-1)
-        nb = bmax.size
-        top = mx.argpartition(bmax.reshape(-1), nb - n_keep)[nb - n_keep:]
-        cand = blocks.reshape(-1, b)[top].reshape(-1)
-        c = cand.size
-        j = mx.argpartition(cand, c - n_keep)[c - n_keep:]
-        pos = top[j // b] * b + j % b
-    pos = mx.sort(pos.astype(mx.uint32))  # flat row-major positions: sorted == by token
-    return pos // m, pos % m, a.reshape(-1)[pos]
-
-
-def scatter_rows(vals: mx.array, idx: mx.array, width: int) -> mx.array:
-    """Dense [N,width] array with vals placed at idx (zeros elsewhere)."""
-    out = mx.zeros((vals.shape[0], width), dtype=vals.dtype)
-    return mx.put_along_axis(out, idx, vals, axis=-1)

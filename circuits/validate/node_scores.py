@@ -59,7 +59,6 @@ def node_score_agreement(model, dictionaries, data, n_prompts: int = 6,
                          ) -> NodeScoreAgreement:
     """Compare gradient node scores with exact patching on task examples (module docstring)."""
     from attribution import GraphConfig, ReplacementModel, build_graph, logit_diff
-
     from circuits.errors import ValidationError
 
     if n_prompts < 1 or n_prompts > len(data):

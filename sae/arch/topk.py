@@ -21,7 +21,14 @@ import mlx.core as mx
 
 from sae.dictionary import Dictionary, LossContext
 from sae.errors import ConfigError
-from sae.ops import batch_topk, batch_topk_pairs, kth_largest, sparse_pairs, topk_pairs, topk_relu
+from sae.ops import (
+    batch_topk,
+    batch_topk_pairs,
+    kth_largest,
+    sparse_pairs,
+    topk_pairs,
+    topk_relu,
+)
 
 
 class TopKDictionary(Dictionary):

@@ -205,7 +205,7 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
     for t in trainees:
         t.sums = {m: mx.array(0.0) for m in METRICS}
     lead = group is None or group.rank() == 0  # only rank 0 writes files
-    log_file = open(log_path, "a") if log_path and lead else None
+    log_file = MetricsLog(log_path) if log_path and lead else None
     it = _chain(first, batches)
     try:
         for _ in range(start):  # replay the data order of the interrupted run
@@ -230,8 +230,7 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
                 n_in_interval = 0
                 history += rows
                 if log_file:
-                    log_file.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-                    log_file.flush()
+                    log_file.write(rows)
                 if callback is not None:
                     callback(TrainProgress(done, total, done * c0.batch_tokens,
                                            {r["name"]: r for r in rows}))
@@ -239,6 +238,36 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
         if log_file:
             log_file.close()
     return history
+
+
+class MetricsLog:
+    """Appends logged rows to ``path``: CSV when it ends in ``.csv`` (header written once,
+    also across resumes), JSON lines otherwise."""
+
+    def __init__(self, path) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.csv = self.path.suffix.lower() == ".csv"
+        self._needs_header = not self.path.exists() or self.path.stat().st_size == 0
+        self._f = open(self.path, "a", newline="")
+        self._writer = None
+
+    def write(self, rows: list) -> None:
+        if self.csv:
+            import csv
+
+            if self._writer is None:
+                self._writer = csv.DictWriter(self._f, fieldnames=sorted(rows[0]))
+                if self._needs_header:
+                    self._writer.writeheader()
+            self._writer.writerows(rows)
+        else:
+            self._f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def _gathered(batch: dict, group) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from spliced_setup import TOKENS, spliced_setup
 
 import attribution  # noqa: F401  (BLAS preload before mlx)
 from attribution import Replace, Site, run
@@ -20,7 +21,6 @@ from attribution.graph.keys import ErrorNode, FeatureNode, LogitNode
 from attribution.replacement import AttributionMethodError, ReplacementModel
 from attribution.testing_dicts import random_transcoders
 
-TOKENS = [2, 5, 9, 14, 7, 22, 31, 11]
 CORRUPT = [2, 6, 9, 17, 7, 23, 31, 11]
 
 
@@ -39,15 +39,6 @@ def test_ig_converges_to_exact_patching_on_a_separable_metric():
     # Linear along the path: one step is already exact.
     lin = integrated_gradients(lambda p: mx.broadcast_to(c, p.shape), x, a, 1)
     assert np.allclose(np.asarray(lin), np.asarray(c * (a - x)), atol=1e-6)
-
-
-def _setup(tiny_models, arch="llama"):
-    model = tiny_models[arch]
-    rm = ReplacementModel(model, random_transcoders(model, 32, seed=11))
-    state = rm.clean(mx.array([TOKENS]))
-    tg = resolve_targets(model, [int(mx.argmax(state.logits[-1]))], state.logits[-1],
-                         state.norm_out[-1], len(TOKENS) - 1)
-    return model, rm, state, tg
 
 
 def _demeaned_metric(logits, t, w):
@@ -77,7 +68,7 @@ def _spliced_by_runs(model, dicts, toks, deltas):
 
 
 def test_exact_patching_matches_independent_runs(tiny_models):
-    model, rm, state, tg = _setup(tiny_models)
+    model, rm, state, tg = spliced_setup(tiny_models)
     dicts = [rm.units[l].dictionary for l in rm.layers]
     toks = mx.array([TOKENS])
     ns = node_scores(rm, state, tg, "patching", ablation="zero")
@@ -102,7 +93,7 @@ def test_exact_patching_matches_independent_runs(tiny_models):
 
 
 def test_last_layer_nodes_off_the_last_position_score_zero(tiny_models):
-    _, rm, state, tg = _setup(tiny_models)
+    _, rm, state, tg = spliced_setup(tiny_models)
     for method in ("atp", "ig", "patching"):
         ns = node_scores(rm, state, tg, method, steps=4)
         off = [i for i, k in enumerate(ns.keys) if k.layer == 1 and k.pos < len(TOKENS) - 1]
@@ -113,7 +104,7 @@ def test_ig_completeness_per_layer(tiny_models):
     # Sum of a layer's IG scores = M(all its nodes ablated) - M(clean), measured independently
     # by setting that layer's output to the dictionary's bias (zero features, zero error) in
     # the spliced model rebuilt from public runs.
-    model, rm, state, tg = _setup(tiny_models)
+    model, rm, state, tg = spliced_setup(tiny_models)
     ns = node_scores(rm, state, tg, "ig", steps=64)
     t, w = tg.keys[0].token_id, tg.weights[0]
     clean = _demeaned_metric(run(model, mx.array([TOKENS])).logits, t, w)

@@ -6,25 +6,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from spliced_setup import TOKENS, spliced_setup
 
 import attribution  # noqa: F401  (BLAS preload before mlx)
 from attribution import Replace, Site, run
 from attribution.attribute import GraphConfig, build_graph, node_scores
-from attribution.attribute.targets import resolve_targets
 from attribution.graph.keys import ErrorNode, FeatureNode
-from attribution.replacement import ReplacementModel
-from attribution.testing_dicts import random_transcoders
-
-TOKENS = [2, 5, 9, 14, 7, 22, 31, 11]
-
-
-def _setup(tiny_models):
-    model = tiny_models["llama"]
-    rm = ReplacementModel(model, random_transcoders(model, 32, seed=11))
-    state = rm.clean(mx.array([TOKENS]))
-    tg = resolve_targets(model, [int(mx.argmax(state.logits[-1]))], state.logits[-1],
-                         state.norm_out[-1], len(TOKENS) - 1)
-    return model, rm, state, tg
 
 
 def _latents_by_runs(model, dicts, deltas):
@@ -75,7 +62,7 @@ def _sources(ns, lat0):
 
 
 def test_patching_edges_match_independent_runs(tiny_models):
-    model, rm, state, tg = _setup(tiny_models)
+    model, rm, state, tg = spliced_setup(tiny_models)
     dicts = [rm.units[l].dictionary for l in rm.layers]
     ns = node_scores(rm, state, tg, "patching", ablation="zero", feature_edges=True)
     rows = _rows(ns)
@@ -97,7 +84,7 @@ def test_patching_edges_match_independent_runs(tiny_models):
 
 
 def test_atp_edges_are_directional_derivatives(tiny_models):
-    model, rm, state, tg = _setup(tiny_models)
+    model, rm, state, tg = spliced_setup(tiny_models)
     dicts = [rm.units[l].dictionary for l in rm.layers]
     ns = node_scores(rm, state, tg, "atp", ablation="zero", feature_edges=True, batch_size=16)
     rows = _rows(ns)
@@ -120,7 +107,7 @@ def test_atp_edges_are_directional_derivatives(tiny_models):
 
 def test_ig_edges_are_complete_per_source_layer(tiny_models):
     # Sum over layer 0's nodes of IG(u -> v) = a_v(all of layer 0 ablated) - a_v(clean).
-    model, rm, state, tg = _setup(tiny_models)
+    model, rm, state, tg = spliced_setup(tiny_models)
     dicts = [rm.units[l].dictionary for l in rm.layers]
     ns = node_scores(rm, state, tg, "ig", ablation="zero", feature_edges=True, steps=64,
                      batch_size=64)
@@ -141,7 +128,7 @@ def test_ig_edges_are_complete_per_source_layer(tiny_models):
 
 @pytest.mark.parametrize("method", ["atp", "ig", "patching"])
 def test_graph_with_feature_edges(tiny_models, method):
-    model, rm, state, tg = _setup(tiny_models)
+    model, rm, state, tg = spliced_setup(tiny_models)
     cfg = GraphConfig(ablation="zero", ig_steps=4, feature_edges=True, edges_per_target=3)
     g = build_graph(rm, None, TOKENS, targets=[tg.keys[0].token_id], method=method, config=cfg)
     plain = build_graph(rm, None, TOKENS, targets=[tg.keys[0].token_id], method=method,

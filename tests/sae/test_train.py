@@ -225,23 +225,29 @@ def test_resample_dead_unit():
 def test_fused_adam_matches_eager_and_logs(tmp_path):
     src = ArraySource({S: DATA.x})
     seen = []
-    a = train(src, _cfg("topk", total_tokens=256 * 12, log_every=4), log_path=tmp_path / "log.jsonl",
-              callback=seen.append)
-    b = train(src, _cfg("topk", total_tokens=256 * 12, log_every=4, fuse_elementwise=False))
+    a = train(src, _cfg("topk", total_tokens=256 * 12, log_every=4, compile=False),
+              log_path=tmp_path / "log.jsonl", callback=seen.append)
+    b = train(src, _cfg("topk", total_tokens=256 * 12, log_every=4, compile=False,
+                        fuse_elementwise=False), log_path=tmp_path / "log.csv")
     for wa, wb in zip(_weights(a), _weights(b)):
         for k in wa:
             np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [4, 8, 12] and [p.step for p in seen] == [4, 8, 12]
     assert set(rows[0]) >= {"loss", "mse", "fvu", "l0", "dead_frac", "grad_norm", "name"}
+    import pandas as pd
+    csv = pd.read_csv(tmp_path / "log.csv")  # the same rows as CSV, one header
+    assert list(csv["step"]) == [4, 8, 12] and set(csv.columns) == set(rows[0])
+    np.testing.assert_allclose(csv["loss"], [r["loss"] for r in b.history], rtol=1e-6)
 
 
 @pytest.mark.slow  # g++ JIT compilation takes ~15 s per graph on a cold CPU cache
-@pytest.mark.parametrize("arch", ["topk", "matryoshka"])  # matryoshka once tripped mx.compile
-def test_compiled_step_matches_eager(arch):
+@pytest.mark.parametrize("arch,kw", [("topk", {}), ("matryoshka", {}),  # matryoshka once tripped compile
+                                     ("jumprelu", {}), ("batchtopk", {"decoder": "sparse"})])
+def test_compiled_step_matches_eager(arch, kw):
     src = ArraySource({S: DATA.x})
-    a = train(src, _cfg(arch, total_tokens=256 * 8))
-    b = train(src, _cfg(arch, total_tokens=256 * 8, compile=True))
+    a = train(src, _cfg(arch, total_tokens=256 * 8, compile=False, **kw))
+    b = train(src, _cfg(arch, total_tokens=256 * 8, compile=True, **kw))
     for wa, wb in zip(_weights(a), _weights(b)):
         for k in wa:
             np.testing.assert_allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5)
