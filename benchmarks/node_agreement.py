@@ -1,12 +1,13 @@
 """IG and attribution patching against exact patching, per organism and dictionary architecture.
 
 Run from the repo root: ``.venv/bin/python benchmarks/node_agreement.py``. Algorithm:
-  1. For each organism (``--organisms``) and architecture (``--archs``): train per-layer
-     transcoders (mlp_in -> mlp_out, width ``--width``, ``--tokens`` tokens; the demo's
-     budget) on the organism's own corpus.
-  2. ``circuits.validate.node_scores.node_score_agreement`` on the organism's task
-     (ioi or induction), ``--prompts`` examples, counterfactual ablation, IG with
-     ``--steps`` steps: exact patching of every feature and error node against IG and AtP.
+  1. For each (organism, task) pair (``--pairs``; the ioi organism also does greater-than)
+     and architecture (``--archs``): train per-layer transcoders (mlp_in -> mlp_out, width
+     ``--width``, ``--tokens`` tokens; the demo's budget) on the organism's own corpus
+     (once per organism and architecture).
+  2. ``circuits.validate.node_scores.node_score_agreement`` on the task, ``--prompts``
+     examples, counterfactual ablation, IG with ``--steps`` steps: exact patching of
+     every feature and error node against IG and AtP.
   3. Print one JSON line per (organism, architecture) with pooled Pearson/Spearman and the
      per-kind (feature / error) Pearson r, the mean L0 of the transcoders on the prompts'
      nodes, and the timings; then a markdown table.
@@ -34,12 +35,10 @@ from circuits.pipeline.dictionaries import DictionarySpec, train_dictionaries
 from circuits.validate.node_scores import node_score_agreement
 # isort: on
 
-TASK = {"ioi": "ioi", "induction": "induction"}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--organisms", default="ioi,induction")
+    p.add_argument("--pairs", default="ioi:ioi,ioi:greater_than,induction:induction",
+                   help="organism:task pairs")
     p.add_argument("--archs", default="relu,jumprelu,batchtopk,topk")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--k", type=int, default=12)
@@ -49,21 +48,25 @@ def main() -> None:
     args = p.parse_args()
     env = environment_record()
     rows = []
-    for org in args.organisms.split(","):
+    trained = {}
+    for pair in args.pairs.split(","):
+        org, task = pair.split(":")
         model = load_model(SHIPPED / org)
-        data = tasks.get(TASK[org]).generate(args.prompts, 11, model.tokenizer)
+        data = tasks.get(task).generate(args.prompts, 11, model.tokenizer)
         for arch in args.archs.split(","):
             t0 = time.perf_counter()
-            spec = DictionarySpec(kind="transcoder", arch=arch, width=args.width, k=args.k,
-                                  tokens=args.tokens, batch_tokens=1024)
-            dicts = train_dictionaries(model, spec).dictionaries
+            if (org, arch) not in trained:
+                spec = DictionarySpec(kind="transcoder", arch=arch, width=args.width, k=args.k,
+                                      tokens=args.tokens, batch_tokens=1024)
+                trained[org, arch] = train_dictionaries(model, spec).dictionaries
+            dicts = trained[org, arch]
             t1 = time.perf_counter()
             res = node_score_agreement(model, dicts, data, n_prompts=args.prompts,
                                        ig_steps=args.steps)
             t2 = time.perf_counter()
             by = res.by_kind.set_index(["method", "kind"])["pearson"]
             n_feat = int((res.table["kind"] == "feature").sum())
-            row = {"benchmark": "node_agreement", "organism": org, "arch": arch,
+            row = {"benchmark": "node_agreement", "organism": org, "task": task, "arch": arch,
                    "ablation": res.ablation, "ig_steps": args.steps, "prompts": args.prompts,
                    "nodes": len(res.table), "feature_nodes": n_feat,
                    "ig_pearson": round(res.pearson["ig"], 4),
@@ -77,10 +80,10 @@ def main() -> None:
                    "train_s": round(t1 - t0, 1), "score_s": round(t2 - t1, 1), **env}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| organism | transcoders | nodes | IG r | AtP r | IG r (features) | AtP r (features) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| organism | task | transcoders | nodes | IG r | AtP r | IG r (features) | AtP r (features) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['organism']} | {r['arch']} | {r['nodes']} | {r['ig_pearson']:.3f} | "
+        print(f"| {r['organism']} | {r['task']} | {r['arch']} | {r['nodes']} | {r['ig_pearson']:.3f} | "
               f"{r['atp_pearson']:.3f} | {r['ig_feature_r']:.3f} | {r['atp_feature_r']:.3f} |")
 
 
