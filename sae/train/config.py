@@ -90,7 +90,8 @@ class TrainConfig:
     """Steps between metric syncs (logs, callback, dead-latent check)."""
     compile: bool = True
     """Wrap each step in ``mx.compile`` (fuses the elementwise passes over [batch, width]:
-    1.2-1.4x faster steps on Linux CPU; turn off to debug a step eagerly)."""
+    1.2-1.4x faster steps on Linux CPU; turn off to debug a step eagerly). On CPU it needs a
+    C++ compiler (MLX JIT-builds kernels); without one steps run eagerly."""
     fuse_elementwise: bool = True
     """Run the Adam update as one compiled elementwise kernel per tensor (needs a C++ compiler;
     falls back to eager ops without one)."""

@@ -147,7 +147,7 @@ def make_step(t: Trainee, group=None):
                 "l0": stats["l0"], "sparsity": stats["sparsity"], "aux": stats["aux"],
                 "grad_norm": gnorm}
 
-    if not cfg.compile:
+    if not cfg.compile or not adam.can_fuse():  # CPU compile JIT-builds with g++; none: eager
         return step
     state = [d.state, t.opt]
     return mx.compile(step, inputs=state, outputs=state)

@@ -315,3 +315,24 @@ def test_resume_sweep_with_clt_and_batchtopk(tmp_path):
     for wa, wb in zip(_weights(full), _weights(resumed)):
         for k in wa:
             np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+
+def test_no_compiler_falls_back_to_eager(monkeypatch):
+    """Without g++/c++ (MLX's CPU JIT), compile=True trains eagerly: same weights."""
+    import shutil
+
+    import mlx.core as mx
+    if mx.default_device() != mx.cpu:
+        pytest.skip("the fallback is for the CPU JIT")
+    src = ArraySource({S: DATA.x})
+    ref = train(src, _cfg("topk", total_tokens=256 * 6, compile=False))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+
+    def no_jit(*a, **k):
+        raise RuntimeError("mx.compile must not be called without a C++ compiler")
+
+    monkeypatch.setattr(mx, "compile", no_jit)
+    got = train(src, _cfg("topk", total_tokens=256 * 6, compile=True))
+    for wa, wb in zip(_weights(ref), _weights(got)):
+        for k in wa:
+            np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6)
