@@ -36,7 +36,6 @@ from attribution.graph.errors import GraphMemoryError
 from attribution.graph.graph import Graph
 from attribution.graph.keys import LogitNode
 from attribution.graph.memory import estimate_memory
-from attribution.graph.sparsify import SparseRowBuilder
 from attribution.model.tokens import as_tokens
 from attribution.replacement.errors import AttributionMethodError
 from attribution.replacement.model import ReplacementModel
@@ -111,18 +110,14 @@ def build_graph(model, dictionaries, prompt_or_tokens, targets: TargetSpec = Non
     ns = node_scores(rm, state, tg, method, ablation=config.ablation, steps=config.ig_steps,
                      batch_size=config.batch_size, feature_threshold=config.feature_threshold,
                      counterfactual=counterfactual, reference=reference, metric=metric,
-                     feature_edges=config.feature_edges)
+                     feature_edges=config.feature_edges, edges_per_target=config.edges_per_target,
+                     edge_threshold=config.edge_threshold)
     keys = list(ns.keys) + [LogitNode(len(ids) - 1, -1, "metric")]
     n = len(keys)
     adj = sp.csr_matrix((ns.scores, (np.full(n - 1, n - 1), np.arange(n - 1))), shape=(n, n))
     dropped = np.zeros(n)
     if ns.edges is not None:  # feature rows, sparsified like the exact graph's
-        rows = SparseRowBuilder(n, config.edges_per_target, config.edge_threshold)
-        for s in range(0, len(ns.edge_targets), 1024):
-            blk = ns.edges[s: s + 1024]
-            rows.add(ns.edge_targets[s: s + 1024], np.concatenate([blk, np.zeros((len(blk), 1))], 1))
-        built = rows.finish()
-        adj, dropped = (adj + built.adjacency).tocsr(), built.dropped_mass
+        adj, dropped = (adj + ns.edges.adjacency).tocsr(), ns.edges.dropped_mass
     md = _metadata(model, rm, text, ids, method, config,
                    {"ablation": config.ablation, "clean_metric": ns.clean_metric,
                     "forward_passes": ns.forward_passes, "targets": [str(k) for k in tg.keys],

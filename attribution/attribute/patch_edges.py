@@ -12,8 +12,10 @@ when source node u (a feature or an error node) takes its ablated value.
   4. ``ig``: per source layer l, the layer's nodes move jointly to
      clean + alpha (ablated - clean) at midpoints alpha_k = (k+1/2)/steps; per batch of
      targets above l the gradient is averaged over the steps: edge = mean grad . delta.
-  5. Columns are gathered in a dense float64 [targets, nodes] block (refused above
-     ``max_bytes``), then streamed into a ``SparseRowBuilder`` (top-k / threshold).
+  5. AtP and IG rows are streamed into a ``SparseRowBuilder`` (top-k / threshold) one
+     target batch at a time, so memory grows with the edges kept. Patching produces
+     columns, so its edges pass through one dense float64 [targets, nodes] block
+     (refused above ``max_bytes``) before the same builder.
 """
 
 from __future__ import annotations
@@ -138,29 +140,27 @@ def _grad_block(m, targets: Targets, cols: np.ndarray, d_f: dict, d_e: dict):
     return mx.grad(obj, argnums=(0, 1))(d_f, d_e)
 
 
-def atp_block(m, state, sources: Sources, targets: Targets, batch: int, n_nodes: int,
-              max_bytes: int) -> np.ndarray:
-    """[n_targets, n_nodes] attribution-patching edges."""
-    _check_size(len(targets), n_nodes, max_bytes)
-    block = np.zeros((len(targets), n_nodes))
+def atp_rows(m, state, sources: Sources, targets: Targets, batch: int, n_nodes: int):
+    """Yields (target columns, [b, n_nodes] attribution-patching edge rows) per target batch."""
     for cols in _target_batches(targets, batch):
         b = len(cols)
         zf = {l: mx.zeros((b,) + a.shape) for l, a in state.acts.items()}
         ze = {l: mx.zeros((b,) + e.shape) for l, e in state.error.items()}
         gf, ge = _grad_block(m, targets, cols, zf, ze)
-        block[cols] = sources.contract(gf, ge, n_nodes)
-    return block
+        yield cols, sources.contract(gf, ge, n_nodes)
 
 
-def ig_block(m, state, f_abl, e_abl, sources: Sources, targets: Targets, steps: int, batch: int,
-             n_nodes: int, max_bytes: int) -> np.ndarray:
-    """[n_targets, n_nodes] integrated-gradient edges (one path per source layer)."""
-    _check_size(len(targets), n_nodes, max_bytes)
-    block = np.zeros((len(targets), n_nodes))
-    for l in state.acts:
-        dfl, del_ = f_abl[l] - state.acts[l], e_abl[l] - state.error[l]
-        for cols in _target_batches(targets, batch, above=l):
-            b = len(cols)
+def ig_rows(m, state, f_abl, e_abl, sources: Sources, targets: Targets, steps: int, batch: int,
+            n_nodes: int):
+    """Yields (target columns, [b, n_nodes] IG edge rows) per target batch: one path per
+    source layer below the batch's deepest target (targets are ordered by layer)."""
+    for cols in _target_batches(targets, batch):
+        b = len(cols)
+        rows = np.zeros((b, n_nodes))
+        for l in state.acts:
+            if l >= targets.layer[cols].max():
+                continue  # no target of this batch reads layer l's output
+            dfl, del_ = f_abl[l] - state.acts[l], e_abl[l] - state.error[l]
             gf_sum, ge_sum = mx.zeros((b,) + dfl.shape), mx.zeros((b,) + del_.shape)
             for k in range(steps):
                 alpha = (k + 0.5) / steps
@@ -169,9 +169,8 @@ def ig_block(m, state, f_abl, e_abl, sources: Sources, targets: Targets, steps: 
                 gf, ge = _grad_block(m, targets, cols, d_f, d_e)
                 gf_sum, ge_sum = gf_sum + gf[l], ge_sum + ge[l]
                 mx.eval(gf_sum, ge_sum)
-            part = sources.contract({l: gf_sum / steps}, {l: ge_sum / steps}, n_nodes)
-            block[cols] += part
-    return block
+            rows += sources.contract({l: gf_sum / steps}, {l: ge_sum / steps}, n_nodes)
+        yield cols, rows
 
 
-__all__ = ["Sources", "Targets", "atp_block", "ig_block", "patching_columns"]
+__all__ = ["Sources", "Targets", "atp_rows", "ig_rows", "patching_columns"]

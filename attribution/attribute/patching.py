@@ -33,11 +33,12 @@ import numpy as np
 from attribution.attribute.patch_edges import (
     Sources,
     Targets,
-    atp_block,
-    ig_block,
+    atp_rows,
+    ig_rows,
     patching_columns,
 )
 from attribution.graph.keys import ErrorNode, FeatureNode
+from attribution.graph.sparsify import SparseRowBuilder, SparseRows
 from attribution.model.tokens import as_tokens
 from attribution.replacement.errors import AttributionMethodError
 from attribution.replacement.spliced import spliced_forward
@@ -60,11 +61,10 @@ class NodeScores(NamedTuple):
     """zero | mean | counterfactual."""
     forward_passes: int
     """Batched forwards (with or without backward) run."""
-    edges: np.ndarray | None = None
-    """[n_feature_nodes, n] float64 feature-to-feature edges (``feature_edges=True``):
-    row i is target ``edge_targets[i]``, column j is source ``keys[j]``."""
-    edge_targets: np.ndarray | None = None
-    """Indices into ``keys`` of the edge rows (the feature nodes)."""
+    edges: SparseRows | None = None
+    """Feature-to-feature edges (``feature_edges=True``): CSR [n+1, n+1] over ``keys`` plus
+    the metric node last (row = target feature, column = source), sparsified by
+    ``edges_per_target`` / ``edge_threshold``, with the dropped mass per row."""
 
 
 def ablated_values(rm, state, ablation: str, counterfactual=None, reference=None):
@@ -176,6 +176,7 @@ def _ig(m: _Metric, state, f_abl, e_abl, steps: int, batch: int):
 def node_scores(rm, state, targets, method: str, *, ablation: str = "zero", steps: int = 16,
                 batch_size: int = 32, feature_threshold: float = 0.0, counterfactual=None,
                 reference=None, metric: Callable | None = None, feature_edges: bool = False,
+                edges_per_target: int | None = None, edge_threshold: float | None = None,
                 max_edge_bytes: int = 2 ** 31) -> NodeScores:
     """Scores of every feature and error node by ``method`` (module docstring); with
     ``feature_edges`` also feature-to-feature edges (``attribution.attribute.patch_edges``)."""
@@ -185,12 +186,20 @@ def node_scores(rm, state, targets, method: str, *, ablation: str = "zero", step
     m = _Metric(rm, state, targets, metric)
     clean_metric = float(m({}, {l: mx.zeros_like(e)[None] for l, e in state.error.items()})[0])
     keys, where = _node_list(state, f_abl, feature_threshold)
-    edges = tg = None
-    if feature_edges:
-        tg = Targets(where)
+    n = len(where)
+    tg = Targets(where) if feature_edges else None
+    rows = SparseRowBuilder(n + 1, edges_per_target, edge_threshold) if feature_edges else None
+
+    def emit(cols, block):  # one zero column for the metric node
+        rows.add(tg.node[cols], np.concatenate([block, np.zeros((len(block), 1))], axis=1))
+
     if method == "patching":
-        scores, edges = patching_columns(m, state, f_abl, e_abl, where, batch_size, tg, len(where),
+        scores, block = patching_columns(m, state, f_abl, e_abl, where, batch_size, tg, n,
                                          max_edge_bytes)
+        if feature_edges:
+            for s in range(0, len(tg), 1024):
+                cols = np.arange(s, min(s + 1024, len(tg)))
+                emit(cols, block[cols])
     else:
         sf, se = (_atp(m, state, f_abl, e_abl) if method == "atp"
                   else _ig(m, state, f_abl, e_abl, steps, batch_size))
@@ -199,15 +208,15 @@ def node_scores(rm, state, targets, method: str, *, ablation: str = "zero", step
         scores = np.array([sf[l][p, f] if k == "f" else se[l][p] for k, l, p, f in where], np.float64)
         if feature_edges:
             src = Sources(where, state, f_abl, e_abl)
-            edges = (atp_block(m, state, src, tg, batch_size, len(where), max_edge_bytes)
-                     if method == "atp" else
-                     ig_block(m, state, f_abl, e_abl, src, tg, steps, batch_size, len(where),
-                              max_edge_bytes))
+            gen = (atp_rows(m, state, src, tg, batch_size, n) if method == "atp" else
+                   ig_rows(m, state, f_abl, e_abl, src, tg, steps, batch_size, n))
+            for cols, block in gen:
+                emit(cols, block)
     acts = {l: np.asarray(a) for l, a in state.acts.items()}
     errn = {l: np.linalg.norm(np.asarray(e), axis=-1) for l, e in state.error.items()}
     act = np.array([acts[l][p, f] if k == "f" else errn[l][p] for k, l, p, f in where], np.float64)
-    return NodeScores(keys, scores, act, clean_metric, method, ablation, m.passes, edges,
-                      None if tg is None else tg.node)
+    return NodeScores(keys, scores, act, clean_metric, method, ablation, m.passes,
+                      rows.finish() if feature_edges else None)
 
 
 __all__ = ["NodeScores", "ablated_values", "integrated_gradients", "node_scores"]

@@ -49,8 +49,10 @@ def _delta(model, rm, state, key, lat0, scale=1.0):
 
 
 def _rows(ns):
-    """{target FeatureNode: edge row over ns.keys}."""
-    return {ns.keys[t]: ns.edges[i] for i, t in enumerate(ns.edge_targets)}
+    """{target FeatureNode: edge row over ns.keys} (the metric column dropped)."""
+    adj = ns.edges.adjacency.tocsr()
+    assert adj.shape == (len(ns.keys) + 1, len(ns.keys) + 1)
+    return {k: adj[i].toarray()[0, :-1] for i, k in enumerate(ns.keys) if isinstance(k, FeatureNode)}
 
 
 def _sources(ns, lat0):
@@ -66,7 +68,7 @@ def test_patching_edges_match_independent_runs(tiny_models):
     dicts = [rm.units[l].dictionary for l in rm.layers]
     ns = node_scores(rm, state, tg, "patching", ablation="zero", feature_edges=True)
     rows = _rows(ns)
-    assert set(rows) == {k for k in ns.keys if isinstance(k, FeatureNode)}
+    assert ns.edges.adjacency[len(ns.keys)].nnz == 0  # no row for the metric: scores carry it
     clean = _latents_by_runs(model, dicts, {})
     n_checked = 0
     for src in _sources(ns, clean[0]):
@@ -128,7 +130,7 @@ def test_ig_edges_are_complete_per_source_layer(tiny_models):
 
 @pytest.mark.parametrize("method", ["atp", "ig", "patching"])
 def test_graph_with_feature_edges(tiny_models, method):
-    model, rm, state, tg = spliced_setup(tiny_models)
+    _, rm, _, tg = spliced_setup(tiny_models)
     cfg = GraphConfig(ablation="zero", ig_steps=4, feature_edges=True, edges_per_target=3)
     g = build_graph(rm, None, TOKENS, targets=[tg.keys[0].token_id], method=method, config=cfg)
     plain = build_graph(rm, None, TOKENS, targets=[tg.keys[0].token_id], method=method,
