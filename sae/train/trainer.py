@@ -103,6 +103,7 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
     ``train(model, texts, configs, ...)`` harvests from a model instead (see
     ``train_on_model``; ``harvest_kw`` go there). All configs share batches, so they
     must agree on batch_tokens, total_tokens, seed and normalize.
+    ``log_path`` gets the logged metric rows: JSON lines, or CSV when it ends in ``.csv``.
     ``callback(TrainProgress)`` may raise to stop the run; with ``checkpoint_dir``
     and ``resume=True`` a later call continues it, bit-identically.
     ``distributed``: None trains data-parallel when ``mx.distributed.init()`` finds more
