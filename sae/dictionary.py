@@ -102,17 +102,22 @@ class Dictionary(nn.Module):
             x = x - self.b_dec
         return mx.addmm(self.b_enc, x, self.W_enc)  # bias added inside the GEMM: one pass less
 
-    def train_pre_acts(self, x: mx.array) -> mx.array:
+    def train_enc_bias(self) -> mx.array:
+        """The encoder bias of ``train_pre_acts``: b_enc - b_dec W_enc (SAEs), else b_enc."""
+        return self.b_enc - self.b_dec @ self.W_enc if self.apply_b_dec_to_input else self.b_enc
+
+    def train_pre_acts(self, x: mx.array, bias: mx.array | None = None) -> mx.array:
         """``pre_acts`` for training: x W_enc + (b_enc - b_dec W_enc).
 
         The same affine map, but b_dec's gradient becomes a vector-matrix product
-        instead of a [B,width] x [width,d_in] GEMM (a fifth of a dense step)."""
+        instead of a [B,width] x [width,d_in] GEMM (a fifth of a dense step).
+        ``bias``: ``train_enc_bias()`` when the caller already has it."""
         if not self.apply_b_dec_to_input or type(self).pre_acts is not Dictionary.pre_acts:
             return self.pre_acts(x)
         if x.shape[-1] != self.d_in:
             raise ShapeMismatchError(f"{self.arch} dictionary expects d_in={self.d_in}, "
                                      f"got activations of width {x.shape[-1]}")
-        return mx.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)
+        return mx.addmm(self.train_enc_bias() if bias is None else bias, x, self.W_enc)
 
     def encode(self, x: mx.array) -> mx.array:
         """Latent activations ``activation(pre_acts(x))``."""

@@ -72,9 +72,9 @@ class TopKDictionary(Dictionary):
             return super().loss(x, y, ctx)
         # Sparse path: only the active (token, latent) pairs are touched, forward and
         # backward; statistics come from the pairs instead of a dense [B, width] array.
-        pre = self.train_pre_acts(x)
+        b_enc = self.train_enc_bias()  # one bias for the selection GEMM and the sparse VJP
+        pre = self.train_pre_acts(x, b_enc)
         tok, lat, pre_p = self.active_pairs(pre)
-        b_enc = self.b_enc - self.b_dec @ self.W_enc if self.apply_b_dec_to_input else self.b_enc
         vals, dec = sparse_pairs(x, self.W_enc, b_enc, self.W_dec, tok, lat, pre_p)
         y_hat = dec + self.b_dec
         if self.W_skip is not None:
