@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test test-fast test-retrain setup system-deps doctor bench clean
 
 demo: setup
-	$(VENV)/bin/circuits demo
+	$(VENV)/bin/circuits demo --overwrite
 
 test: setup
 	$(PY) -m pytest -q -m "not retrain" $(PYTEST_ARGS)

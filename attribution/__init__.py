@@ -15,10 +15,14 @@ from attribution.errors import (
     InterventionError,
     LayerRangeError,
     ModelNotFoundError,
+    NonFiniteError,
     NotAModelError,
     SiteKindError,
+    TokenizerNotFoundError,
     TokenRangeError,
     UnsupportedArchitectureError,
+    UnsupportedModelTypeError,
+    WeightsMismatchError,
 )
 from attribution.model import (
     Ablate,
@@ -36,6 +40,7 @@ from attribution.model import (
     run,
     site_grads,
 )
+from attribution.model.integrity import check_finite, model_identity
 from attribution.sites import SITE_KINDS, Site, SiteError
 
 # Replacement models, graph construction and steering pull in pandas/scipy through
@@ -82,6 +87,7 @@ __all__ = [
     "Model",
     "ModelNotFoundError",
     "NodeScores",
+    "NonFiniteError",
     "NotAModelError",
     "Patch",
     "Replace",
@@ -94,15 +100,20 @@ __all__ = [
     "SteerResult",
     "SteeringError",
     "TokenRangeError",
+    "TokenizerNotFoundError",
     "UnsupportedArchitectureError",
+    "UnsupportedModelTypeError",
+    "WeightsMismatchError",
     "build_graph",
     "capture",
+    "check_finite",
     "frozen",
     "generate",
     "integrated_gradients",
     "intervene",
     "load_model",
     "logit_diff",
+    "model_identity",
     "node_scores",
     "run",
     "site_grads",

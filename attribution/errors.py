@@ -1,7 +1,8 @@
 """Exception classes of the attribution package.
 
 Every error raised at a boundary of ``attribution`` (loading a model,
-validating tokens and sites, building interventions) is a subclass of
+validating tokens and sites, building interventions, finding NaN/inf in
+weights or activations) is a subclass of
 ``AttributionError`` (itself a ``ValueError``), and its message names the fix.
 Site errors also subclass ``attribution.sites.SiteError`` so that callers
 catching either class see them.
@@ -22,6 +23,31 @@ class ModelNotFoundError(AttributionError, FileNotFoundError):
 
 class NotAModelError(AttributionError):
     """The path exists but is not a loadable mlx-lm model directory."""
+
+
+class TokenizerNotFoundError(NotAModelError):
+    """The model directory holds no tokenizer vocabulary file."""
+
+
+class UnsupportedModelTypeError(NotAModelError):
+    """config.json names a ``model_type`` that mlx-lm cannot build."""
+
+
+class WeightsMismatchError(NotAModelError):
+    """The safetensors weights do not fit the architecture config.json describes."""
+
+
+class NonFiniteError(AttributionError):
+    """A tensor (model weight, dictionary weight or activation) holds NaN or inf values."""
+
+    def __init__(self, message: str, name: str = "", n_nan: int = 0, n_inf: int = 0) -> None:
+        super().__init__(message)
+        self.name = name
+        """The tensor's name (weight name or site)."""
+        self.n_nan = n_nan
+        """How many of its values are NaN."""
+        self.n_inf = n_inf
+        """How many of its values are +inf or -inf."""
 
 
 class SiteKindError(AttributionError, SiteError):
@@ -53,7 +79,8 @@ class UnsupportedArchitectureError(AttributionError):
 
 
 __all__ = [
-    "AttributionError", "ModelNotFoundError", "NotAModelError", "SiteKindError",
+    "AttributionError", "ModelNotFoundError", "NotAModelError", "TokenizerNotFoundError",
+    "UnsupportedModelTypeError", "WeightsMismatchError", "NonFiniteError", "SiteKindError",
     "LayerRangeError", "ContextLengthError", "TokenRangeError", "EmptySequenceError",
     "InterventionError", "UnsupportedArchitectureError", "SiteError",
 ]

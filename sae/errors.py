@@ -8,6 +8,8 @@ keep working.
 
 from __future__ import annotations
 
+from attribution.errors import NonFiniteError as _NonFiniteValues
+
 
 class SAEError(Exception):
     """Base class of every error raised by ``sae``."""
@@ -44,6 +46,21 @@ class NonFiniteError(SAEError, RuntimeError):
         super().__init__(message)
         self.step = step
         """Training step (0-based) at which the first non-finite value was seen."""
+
+
+class NonFiniteWeightsError(SAEError, _NonFiniteValues):
+    """A dictionary file holds NaN or inf weights; names the dictionary and the tensor.
+
+    Also an ``attribution.NonFiniteError`` (a ``ValueError``), with its ``name``,
+    ``n_nan`` and ``n_inf`` attributes."""
+
+
+class DictionaryModelMismatchError(SAEError, ValueError):
+    """Dictionaries record another model's identity than the model they are used with."""
+
+
+class DictionaryModelMismatchWarning(UserWarning):
+    """``load_dictionaries(..., force=True)`` loaded dictionaries recorded for another model."""
 
 
 class TrainingInterrupted(SAEError, RuntimeError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import mlx.core as mx
 import numpy as np
 import scipy.sparse as sp
 
@@ -72,8 +73,36 @@ def _check_memory(model, rm, n_tokens: int, per_token: float, config: GraphConfi
             f"({n_tokens} tokens, ~{per_token:.1f} active features per token and layer)") from None
 
 
+def dictionaries_digest(rm) -> str:
+    """sha256 (16 hex) over every dictionary parameter's shape and leading values.
+
+    Cheap even for 16k-wide sets (at most 4,096 values a tensor), and enough to
+    tell two trainings apart: ``circuits validate`` compares it to refuse a
+    circuit built with other dictionaries."""
+    import hashlib
+
+    from mlx.utils import tree_flatten
+
+    h = hashlib.sha256()
+    seen = set()
+    for u in rm.units.values():
+        if id(u.dictionary) in seen:
+            continue
+        seen.add(id(u.dictionary))
+        h.update(f"{u.in_site}->{u.out_site}".encode())
+        for name, arr in sorted(tree_flatten(u.dictionary.parameters()), key=lambda kv: kv[0]):
+            a = np.asarray(arr.reshape(-1)[:4096].astype(mx.float32))
+            h.update(f"{name}{tuple(arr.shape)}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 def _metadata(model, rm, text, ids, method, config, extra: dict) -> dict:
+    from attribution.model.integrity import model_identity
+
     return {
+        "model_identity": model_identity(model),
+        "dictionaries_digest": dictionaries_digest(rm),
         "n_layers": model.n_layers,
         "model": {"path": str(model.path) if model.path else None, "arch": model.arch,
                   "d_model": model.d_model},

@@ -32,6 +32,10 @@ _OUT_PROJ_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo")
 # Families whose attention and MLP both read resid_pre (no resid_mid exists).
 PARALLEL_RESIDUAL_ARCHS = ("phi", "gptj", "cohere", "cohere2")
 _PRE_MLP_NAMES = ("post_attention_layernorm", "ln_2", "ffn_norm", "norm2")
+# config.json model_types the test suite builds tiny models of (attribution/tiny.py); error
+# messages list them when a config names a type mlx-lm cannot build.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+                         "gpt2", "gpt_neox", "mixtral")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,21 @@ reads it. Residual-stream conventions:
                  only up to that elementwise cap.
 
 Algorithm (``load_model``):
-  1. Check the path exists and holds config.json with a ``model_type`` and
-     safetensors weights, else raise a specific error naming the fix.
-  2. Load weights and config with ``mlx_lm.utils.load_model`` (offline).
-  3. Load the tokenizer: the class named in tokenizer_config.json when it is
+  1. Check the path exists and holds config.json with a ``model_type`` that
+     mlx-lm has a model class for, safetensors weights and a tokenizer
+     vocabulary file; else raise a specific error naming the fix (before any
+     weight is read).
+  2. Load weights and config with ``mlx_lm.utils.load_model`` (offline); any
+     error inside mlx-lm becomes one line: weights that do not fit the config
+     (missing / extra / misshapen parameters), an unreadable safetensors file,
+     a config the model class rejects.
+  3. Check every float parameter (quantized scales and biases included) for
+     NaN/inf: one reduction per tensor, evaluated together.
+  4. Load the tokenizer: the class named in tokenizer_config.json when it is
      the generic fast tokenizer (transformers 5 would otherwise pick a
      model-type tokenizer class that rewrites our word-level pre-tokenizer),
      else ``mlx_lm.utils.load_tokenizer``.
-  4. Wrap: locate blocks, attention/MLP/norm handles, embeddings, final norm.
+  5. Wrap: locate blocks, attention/MLP/norm handles, embeddings, final norm.
 """
 
 from __future__ import annotations
@@ -25,13 +32,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 
 import mlx.core as mx
 
-from attribution.errors import ModelNotFoundError, NotAModelError, UnsupportedArchitectureError
-from attribution.model.arch import LayerHandles, find_attr, inner_model, layer_handles
+from attribution.errors import (
+    ModelNotFoundError,
+    NotAModelError,
+    TokenizerNotFoundError,
+    UnsupportedArchitectureError,
+    UnsupportedModelTypeError,
+    WeightsMismatchError,
+)
+from attribution.model import integrity
+from attribution.model.arch import (
+    SUPPORTED_MODEL_TYPES,
+    LayerHandles,
+    find_attr,
+    inner_model,
+    layer_handles,
+)
 from attribution.model.tokens import as_tokens
 
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
@@ -227,8 +249,11 @@ def _check_dir(path: Path) -> dict:
         )
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAModelError(f"{cfg_path} is not valid JSON ({exc}); fix or regenerate it") from exc
+    if not isinstance(config, dict):
+        raise NotAModelError(f"{cfg_path} holds a JSON {type(config).__name__}, not an object; "
+                             "restore the checkpoint's own config.json")
     if "model_type" not in config:
         raise NotAModelError(f"{cfg_path} has no 'model_type'; it is not an mlx-lm/HF model config")
     if not list(path.glob("model*.safetensors")):
@@ -239,7 +264,97 @@ def _check_dir(path: Path) -> dict:
     return config
 
 
+# A directory needs one of these vocabulary sources; tokenizer_config.json alone names a
+# class but holds no vocabulary, so transformers would fail later with an obscure message.
+_TOKENIZER_SOURCES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"),
+                      ("vocab.txt",), ("spiece.model",))
+# mlx-lm's messages for weights that do not fit the model class (nn.Module.load_weights).
+_MISMATCH = re.compile(r"parameters not in model|Missing \d+ parameters|Expected shape")
+
+
+def _one_line(text: str, names: int = 3) -> str:
+    """An mlx-lm / transformers message on one line, long parameter lists cut to ``names``."""
+    head, sep, rest = str(text).partition(":")
+    items = [t.strip().rstrip(",") for t in rest.split("\n") if t.strip()] if "\n" in rest else []
+    if sep and len(items) > names:
+        rest = " " + ", ".join(items[:names]) + f", ... ({len(items) - names} more)"
+    return re.sub(r"\s+", " ", f"{head}{sep}{rest}").strip()
+
+
+def _check_tokenizer_files(path: Path) -> None:
+    if any(all((path / f).exists() for f in group) for group in _TOKENIZER_SOURCES):
+        return
+    if any(path.glob("*.tiktoken")):
+        return
+    looked = ", ".join(" + ".join(g) for g in _TOKENIZER_SOURCES) + ", *.tiktoken"
+    also = " (tokenizer_config.json is there but holds no vocabulary)" if (
+        path / "tokenizer_config.json").exists() else ""
+    raise TokenizerNotFoundError(
+        f"{str(path)!r} has no tokenizer files{also}: looked for {looked}; copy the tokenizer "
+        "files of the original checkpoint (tokenizer.json, tokenizer_config.json, ...) into it")
+
+
+def _check_model_type(path: Path, config: dict) -> None:
+    if config.get("model_file"):
+        return  # custom code: mlx-lm decides (and refuses without trust_remote_code)
+    from mlx_lm.utils import _get_classes
+
+    try:
+        _get_classes(config)
+    except ValueError as exc:
+        raise UnsupportedModelTypeError(
+            f"mlx-lm could not load {str(path)!r}: {path / 'config.json'} has model_type "
+            f"{config['model_type']!r}, which is not a supported architecture (supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}, or another module of mlx_lm.models); fix "
+            "model_type or convert the checkpoint with mlx_lm.convert") from exc
+
+
+def _mlx_load(path: Path, config: dict):
+    """``mlx_lm.utils.load_model`` with every failure turned into one line naming the fix."""
+    from mlx_lm.utils import load_model as mlx_load_model
+
+    model_type = config.get("model_type")
+    try:
+        return mlx_load_model(path)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        msg = _one_line(str(exc) or type(exc).__name__)
+        if isinstance(exc, ValueError) and _MISMATCH.search(str(exc)):
+            raise WeightsMismatchError(
+                f"mlx-lm could not load {str(path)!r}: the weights in model*.safetensors do not "
+                f"fit {path / 'config.json'} (model_type {model_type!r}): {msg}; the config and "
+                "weights come from different checkpoints: restore the checkpoint's own config.json or "
+                f"re-convert it (supported architectures: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            ) from exc
+        if isinstance(exc, RuntimeError) and ("safetensors" in str(exc).lower()
+                                              or "[read]" in str(exc)):
+            raise NotAModelError(
+                f"mlx-lm could not load {str(path)!r}: a model*.safetensors file is unreadable "
+                f"({msg}); re-download or re-convert the checkpoint") from exc
+        if isinstance(exc, (TypeError, KeyError, AttributeError)):
+            what = f"missing key {msg}" if isinstance(exc, KeyError) else msg
+            raise NotAModelError(
+                f"mlx-lm could not load {str(path)!r}: config.json does not describe a valid "
+                f"{model_type} model ({what}); restore the checkpoint's own config.json") from exc
+        raise NotAModelError(
+            f"mlx-lm could not load {str(path)!r}: {msg}; check that config.json and the "
+            "weights belong together, or re-convert the checkpoint with mlx_lm.convert") from exc
+
+
 def _load_tokenizer(path: Path):
+    try:
+        return _load_tokenizer_files(path)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise NotAModelError(
+            f"could not load the tokenizer in {str(path)!r} "
+            f"({_one_line(str(exc) or type(exc).__name__)}); the tokenizer files are corrupt or "
+            "of another model: copy them again from the original checkpoint") from exc
+
+
+def _load_tokenizer_files(path: Path):
     tok_cfg = path / "tokenizer_config.json"
     cls_name = json.loads(tok_cfg.read_text()).get("tokenizer_class") if tok_cfg.exists() else None
     if cls_name in _GENERIC_TOKENIZERS and (path / "tokenizer.json").exists():
@@ -251,15 +366,17 @@ def _load_tokenizer(path: Path):
     return load_tokenizer(path)._tokenizer
 
 
-def load_model(path: str | os.PathLike) -> Model:
-    """Load a local mlx-lm model directory (weights, config, tokenizer) as a ``Model``."""
+def load_model(path: str | os.PathLike, *, check_weights: bool = True) -> Model:
+    """Load a local mlx-lm model directory (weights, config, tokenizer) as a ``Model``.
+
+    ``check_weights``: refuse weights holding NaN or inf (``NonFiniteError``);
+    one reduction per tensor, so it costs a fraction of reading the file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = Path(path).expanduser()
-    _check_dir(p)
-    from mlx_lm.utils import load_model as mlx_load_model
-
-    try:
-        module, config = mlx_load_model(p)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise NotAModelError(f"mlx-lm could not load {str(p)!r}: {exc}") from exc
+    config = _check_dir(p)
+    _check_model_type(p, config)
+    _check_tokenizer_files(p)
+    module, config = _mlx_load(p, config)
+    if check_weights:
+        integrity.check_weights(module, where=str(p))
     return Model(module, config, _load_tokenizer(p), path=p)

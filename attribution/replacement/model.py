@@ -14,6 +14,10 @@ Algorithm (``ReplacementModel.clean``):
      site (decoder, bias, skip term; CLT: sum over source layers i <= j);
      error = clean activation − reconstruction.
   3. Everything is kept unbatched ([T, ...]) in a ``CleanState``.
+  4. Finite check, evaluated with the state: one ``all(isfinite)`` per read
+     site, per error node and on the logits; a failure names the first
+     non-finite one in forward order (NaN propagates, so that one is the
+     source) and whether the model or a dictionary produced it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from attribution.model.integrity import check_finite
 from attribution.model.tokens import as_tokens
 from attribution.replacement.errors import DictionaryMismatchError
 from attribution.replacement.forward import hooked_forward
@@ -139,9 +144,32 @@ class ReplacementModel:
         mlp_out = {l: cache[Site(l, "mlp_out")] for l in range(n)}
         state = CleanState(toks, fo.logits[0], fo.norm_out[0], cache[TOKEN_SITE], x_in, pres, acts,
                            out, recon, error, mlp_out, patterns)
+        checks = _finite_checks(cache, error, self.units, fo.logits[0], n)
+        flags = mx.stack([mx.isfinite(a).all() for _, a, _ in checks])
         mx.eval(state.logits, state.norm_out, state.embed, x_in, pres, acts, out, recon, error,
-                mlp_out, patterns)
+                mlp_out, patterns, flags)
+        for ok, (name, a, fix) in zip(flags.tolist(), checks):
+            if not ok:
+                check_finite(name, a, fix=fix)  # raises, with NaN / inf counts
         return state
+
+
+def _finite_checks(cache: dict, error: dict, units: dict, logits, n_layers: int) -> list:
+    """(name, array, fix) of every clean activation worth checking, in forward order."""
+    model_fix = ("the model produced them on this prompt (corrupt weights, or an overflow in "
+                 "low precision): reload it with load_model, which checks the weights, or use "
+                 "float32 weights")
+    keyed = [((*s.order, 0), f"activation {s}", a, model_fix) for s, a in cache.items()]
+    for l, e in error.items():
+        u = units[l]
+        keyed.append(((*u.out_site.order, 1), f"reconstruction error at {u.out_site}", e,
+                      f"the dictionary {u.name or f'at layer {l}'} produced them (NaN/inf "
+                      "weights, or an overflow on this input): check or retrain it"))
+    keyed.append(((n_layers, 0, 0), "logits", logits,
+                  "the final norm or unembedding produced them (an overflow in low precision?): "
+                  "use float32 weights"))
+    keyed.sort(key=lambda k: k[0])
+    return [(name, a, fix) for _, name, a, fix in keyed]
 
 
 __all__ = ["TOKEN_SITE", "CleanState", "ReplacementModel"]

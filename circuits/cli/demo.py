@@ -1,4 +1,4 @@
-"""``circuits demo``: the whole mission on the shipped ``ioi`` organism, into ``out/``.
+"""``circuits demo``: the whole mission on the shipped ``ioi`` organism, into ``out/demo/``.
 
 Algorithm:
   1. Check the machine (BLAS, ``dot``) and say what it gives MLX.
@@ -12,14 +12,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from circuits.cli._common import positive_int, staged
 from circuits.cli._out import emit
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="run the end-to-end pipeline on the shipped ioi organism")
-    p.add_argument("--out", type=Path, default=Path("out"), help="output directory")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty --out (old results are removed, never mixed)")
     p.add_argument("--model", default=None, help="model directory (default: the ioi organism)")
-    p.add_argument("--tokens", type=int, default=None, help="transcoder training tokens")
+    p.add_argument("--tokens", type=positive_int, default=None, help="transcoder training tokens")
     p.add_argument("--no-dashboards", action="store_true", help="skip feature dashboards")
     p.add_argument("--config", type=Path, default=None, help="TOML or JSON options file")
 
@@ -47,10 +50,14 @@ def run(args) -> int:
         bar(done, total)
 
     try:
-        res = run_demo(args.out, args.model, cfg, progress)
+        with staged(args.out) as tmp:
+            res = run_demo(tmp, args.model, cfg, progress)
     finally:
         for b in bars.values():
             b.close()
+    # Artifacts were written under the staging directory, now renamed to --out.
+    arts = {k: str(args.out / Path(v).relative_to(tmp)) if str(v).startswith(str(tmp)) else v
+            for k, v in res.artifacts.items()}
     f = res.figures
     wall = time.perf_counter() - t0
     lines = [f"machine: {doc['blas_library'] or doc['blas_status']} at {doc['matmul_gflops']} GFLOP/s",
@@ -66,7 +73,7 @@ def run(args) -> int:
              f"{f['graph_vs_patching_r_constrained']:.3f} (constrained), "
              f"{f['graph_vs_patching_r_iterative']:.3f} (iterative)",
              f"transcoders: mean FVU {f['fvu_mean']:.3f}, mean CE recovered {f['ce_recovered_mean']:.3f}",
-             "artifacts:"] + [f"  {k:28s} {v}" for k, v in res.artifacts.items()] + [
+             "artifacts:"] + [f"  {k:28s} {v}" for k, v in arts.items()] + [
              f"wall time {wall:.0f} s"]
-    emit(args, {"figures": f, "artifacts": res.artifacts, "wall_s": round(wall, 1)}, lines)
+    emit(args, {"figures": f, "artifacts": arts, "wall_s": round(wall, 1)}, lines)
     return 0

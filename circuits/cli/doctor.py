@@ -11,12 +11,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from circuits.cli._common import positive_int
 from circuits.cli._out import emit
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="report BLAS, matmul GFLOP/s, MLX device, dot and g++")
-    p.add_argument("--size", type=int, default=1024, help="matmul side for the measurement")
+    p.add_argument("--size", type=positive_int, default=1024, help="matmul side for the measurement")
 
 
 def _version(cmd: list[str]) -> str | None:

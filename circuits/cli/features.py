@@ -15,39 +15,45 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from circuits.cli._common import add_common, load, progress, staged
+from circuits.cli._common import CLIError, add_common, add_force, load, load_dicts, positive_int, progress, staged
 from circuits.cli._out import emit
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="feature dashboards, statistics and co-activation for one dictionary")
     add_common(p, out_default="out/features")
+    add_force(p)
     p.add_argument("--dicts", type=Path, default=Path("out/dictionaries/dictionaries"))
     p.add_argument("--site", default=None, help="input site of the dictionary (default: the first)")
     p.add_argument("--corpus", default=None, help="text file, task:NAME, or organism")
-    p.add_argument("--docs", type=int, default=3000, help="documents drawn from a generated corpus")
-    p.add_argument("--max-features", type=int, default=None, help="dashboards for the first N features only")
+    p.add_argument("--docs", type=positive_int, default=3000, help="documents drawn from a generated corpus")
+    p.add_argument("--max-features", type=positive_int, default=None,
+                   help="dashboards for the first N features only")
 
 
 def pick_dictionary(dicts: dict, site: str | None):
     """The dictionary whose input site is ``site`` (or the first)."""
     from attribution.sites import Site
 
+    if not dicts:
+        raise CLIError("--dicts holds no dictionaries; pass the dictionaries/ directory of `circuits train`")
     if site is None:
         return next(iter(dicts.items()))
-    want = Site.parse(site)
+    try:
+        want = Site.parse(site)
+    except ValueError as exc:
+        raise CLIError(f"--site {site!r}: {exc}") from None
     for key, d in dicts.items():
         if getattr(d, "in_site", None) == want or key == want:
             return key, d
     have = ", ".join(str(getattr(d, "in_site", k)) for k, d in dicts.items())
-    raise ValueError(f"no dictionary reads {want}; available: {have}")
+    raise CLIError(f"--site {want}: no dictionary reads it; available: {have}")
 
 
 def run(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from sae import load_dictionaries
     from sae.features import coactivation, feature_records, feature_stats
     from viz.dashboard import write_dashboards
     from viz.feature_plots import log_density_histogram
@@ -55,7 +61,7 @@ def run(args) -> int:
     from circuits.pipeline.corpus import corpus_texts
 
     model = load(args)
-    key, dic = pick_dictionary(load_dictionaries(args.dicts), args.site)
+    key, dic = pick_dictionary(load_dicts(args, model), args.site)
     texts = list(corpus_texts(model, args.corpus, args.docs, seed=7))
     timings = {}
     with staged(args.out) as tmp, progress(args, "feature stats", unit="tok") as bar:

@@ -15,6 +15,10 @@ from circuits.cli._common import progress, staged
 from circuits.cli._out import emit
 
 
+CHECKS_OUT_ITSELF = True
+"""``--out`` is a parent directory: ``staged(OUT/NAME)`` checks the real output."""
+
+
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="list, train or inspect the model organisms")
     osub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -22,7 +26,9 @@ def add_parser(sub, name: str) -> None:
     t = osub.add_parser("train", help="train an organism from its recipe")
     t.add_argument("name")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, default=Path("out/organisms"))
+    t.add_argument("--out", type=Path, default=Path("out/organisms"),
+                   help="parent directory; the organism is written to OUT/NAME")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/NAME")
     t.add_argument("--no-ground-truth", action="store_true", help="skip head scores and the ground-truth search")
     c = osub.add_parser("card", help="print an organism's model card")
     c.add_argument("name")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from circuits.cli._common import add_common, staged
+from circuits.cli._common import CLIError, add_common, positive_int, staged, unit_interval
 from circuits.cli._out import emit
 
 
@@ -22,14 +22,31 @@ def add_parser(sub, name: str) -> None:
     add_common(p, out_default="out/circuit", model=False)
     p.add_argument("--graph", type=Path, default=Path("out/graph"), help="graph directory")
     p.add_argument("--method", default="influence", choices=["influence", "top", "threshold"])
-    p.add_argument("--node-threshold", type=float, default=0.8)
-    p.add_argument("--edge-threshold", type=float, default=0.98)
-    p.add_argument("--top", type=int, default=50, help="edges kept with --method top")
+    p.add_argument("--node-threshold", type=unit_interval, default=0.8,
+                   help="influence share of nodes kept, in (0, 1]")
+    p.add_argument("--edge-threshold", type=unit_interval, default=0.98,
+                   help="influence share of edges kept, in (0, 1]")
+    p.add_argument("--top", type=positive_int, default=50, help="edges kept with --method top")
     p.add_argument("--abs-threshold", type=float, default=0.01, help="|weight| cut with --method threshold")
 
 
-def scores_record(result) -> dict:
-    """JSON-ready scores of a PruneResult."""
+NA_REASON = ("n/a: replacement and completeness measure how much of an exact graph's influence "
+             "flows through error nodes; a {method} graph holds patching-style node scores, not "
+             "that edge accounting")
+
+
+def scores_applicable(graph) -> str | None:
+    """None when replacement/completeness apply to ``graph``, else the reason they do not."""
+    method = graph.metadata.get("method", "exact")
+    return None if method == "exact" else NA_REASON.format(method=method)
+
+
+def scores_record(result, graph=None) -> dict:
+    """JSON-ready scores of a PruneResult (null with a reason where they do not apply)."""
+    reason = None if graph is None else scores_applicable(graph)
+    if reason is not None:
+        return {k: {"replacement": None, "completeness": None} for k in ("full", "pruned", "merged")} | {
+            "note": reason}
     return {k: getattr(result.scores, k)._asdict() for k in ("full", "pruned", "merged")}
 
 
@@ -46,18 +63,24 @@ def prune_graph(graph, args):
 def run(args) -> int:
     from attribution.graph import Graph
 
+    if args.node_threshold == 0 or args.edge_threshold == 0:
+        raise CLIError("--node-threshold and --edge-threshold must be in (0, 1]: 0 keeps nothing")
+    if not (args.abs_threshold >= 0 and args.abs_threshold < float("inf")):
+        raise CLIError(f"--abs-threshold must be a finite number >= 0, got {args.abs_threshold}")
     graph = Graph.load(args.graph)
     result = prune_graph(graph, args)
     rec = {"out": str(args.out), "nodes": int(result.node_mask.sum()),
            "nodes_full": len(graph.nodes), "edges": int(result.graph.adjacency.nnz),
-           "scores": scores_record(result), "method": args.method}
+           "scores": scores_record(result, graph), "method": args.method}
     with staged(args.out) as tmp:
         result.graph.save(tmp / "graph")
         (tmp / "scores.json").write_text(json.dumps(rec, indent=2, sort_keys=True))
     s = result.scores
-    emit(args, rec, [
-        f"circuit: {rec['nodes']}/{rec['nodes_full']} nodes, {rec['edges']} edges -> {args.out}",
-        f"replacement  full {s.full.replacement:.3f}  pruned {s.pruned.replacement:.3f}",
-        f"completeness full {s.full.completeness:.3f}  pruned {s.pruned.completeness:.3f}",
-    ])
+    lines = [f"circuit: {rec['nodes']}/{rec['nodes_full']} nodes, {rec['edges']} edges -> {args.out}"]
+    if scores_applicable(graph) is None:
+        lines += [f"replacement  full {s.full.replacement:.3f}  pruned {s.pruned.replacement:.3f}",
+                  f"completeness full {s.full.completeness:.3f}  pruned {s.pruned.completeness:.3f}"]
+    else:
+        lines += [f"replacement  n/a", f"completeness n/a  ({scores_applicable(graph)})"]
+    emit(args, rec, lines)
     return 0

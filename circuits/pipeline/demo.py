@@ -87,7 +87,7 @@ def train_stage(model, cfg: DemoConfig, out: Path, progress: Progress):
     res = train_dictionaries(model, cfg.dictionaries,
                              callback=lambda p: progress("train transcoders", p.step, p.total_steps))
     dicts = dict(zip(res.names, res.dictionaries))
-    save_dictionaries(dicts, out / "dictionaries", metadata={"model": str(model.path)})
+    save_dictionaries(dicts, out / "dictionaries", metadata={"model": str(model.path)}, model=model)
     quality = evaluate_dictionaries(model, {d.in_site: d for d in res.dictionaries})
     quality.to_csv(out / "dictionary_metrics.csv", index=False)
     with open(out / "train_log.jsonl", "w") as f:

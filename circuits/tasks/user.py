@@ -118,6 +118,19 @@ class UserTask:
         if n is not None and n < len(rows):
             keep = np.sort(np.random.default_rng([seed, 0]).choice(len(rows), n, replace=False))
             rows = [rows[i] for i in keep]
+        return self._data(rows, tokenizer, seed)
+
+    def row(self, index: int, tokenizer: Any) -> TaskData:
+        """Row ``index`` (0-based, file order, blank lines skipped) alone as ``TaskData``."""
+        if tokenizer is None:
+            raise TaskError("user task: a tokenizer is required")
+        rows = read_rows(self.path)
+        if not 0 <= index < len(rows):
+            raise TaskError(f"example {index} is past the end of {self.path}: it has {len(rows)} rows "
+                            f"(0..{len(rows) - 1})")
+        return self._data(rows[index: index + 1], tokenizer, 0)
+
+    def _data(self, rows: list[UserRow], tokenizer: Any, seed: int) -> TaskData:
         clean, corr, ans, wrong = [], [], [], []
         for r in rows:
             c, k = encode(tokenizer, r.prompt), encode(tokenizer, r.corrupted_prompt)

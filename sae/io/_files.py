@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from sae.errors import FormatError
+from sae.errors import FormatError, NonFiniteWeightsError
 
 
 @contextmanager
@@ -93,3 +93,21 @@ def read_metadata(path) -> dict:
             return dict(f.metadata() or {})
     except Exception as e:
         raise FormatError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def check_finite_tensors(arrays: dict, dictionary: str, file) -> None:
+    """Raise NonFiniteWeightsError naming ``dictionary``, ``file`` and the first NaN/inf tensor.
+
+    One ``isfinite`` pass per tensor; NaN and inf are counted only on failure."""
+    from attribution.model.integrity import nonfinite_counts, nonfinite_names
+
+    bad = nonfinite_names(arrays)
+    if not bad:
+        return
+    n_nan, n_inf = nonfinite_counts(arrays[bad[0]])
+    others = len(bad) - 1
+    more = f" ({others} more tensor{'s' if others > 1 else ''} also)" if others else ""
+    raise NonFiniteWeightsError(
+        f"dictionary {dictionary} ({file}): tensor {bad[0]} has {n_nan} NaN and {n_inf} inf "
+        f"values{more}: the file is corrupt or training diverged; retrain or re-export the "
+        "dictionary", bad[0], n_nan, n_inf)

@@ -8,6 +8,7 @@ Per-layer transcoders (a directory of ``layer_{i}.safetensors`` + ``config.yaml`
 Cross-layer transcoders (a directory): ``W_enc_{i}.safetensors`` holding W_enc_{i}
 [d_tc, d_model], b_enc_{i}, b_dec_{i}, threshold_{i}; ``W_dec_{i}.safetensors``
 holding W_dec_{i} [d_tc, L-i, d_model]. relu and jumprelu (batchtopk as jumprelu).
+Imports refuse NaN/inf weights (``NonFiniteWeightsError`` naming the file and tensor).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from attribution.sites import Site
 from sae.arch import CrossLayerTranscoder
 from sae.errors import FormatError
-from sae.io._files import atomic_dir, read_tensors, write_tensors
+from sae.io._files import atomic_dir, check_finite_tensors, read_tensors, write_tensors
 from sae.io.convert import build_from_parts, encoder_parts
 
 
@@ -60,6 +61,7 @@ def import_circuit_tracer(path, in_kind: str = "mlp_in", out_kind: str = "mlp_ou
     for f in files:
         i = int(f.stem.split("_")[1])
         w = read_tensors(f, required=("W_enc", "W_dec", "b_enc", "b_dec"))
+        check_finite_tensors(w, f"{path.name} layer {i}", f)
         if "activation_function.threshold" in w:
             kind, thr, k = "jumprelu", w["activation_function.threshold"], None
         elif "k" in w:
@@ -99,10 +101,15 @@ def import_clt(path, in_sites: list | None = None, out_sites: list | None = None
     n = len(list(path.glob("W_enc_*.safetensors")))
     if n == 0:
         raise FormatError(f"{path}: no W_enc_*.safetensors files")
-    encs = [read_tensors(path / f"W_enc_{i}.safetensors",
-                         required=(f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}")) for i in range(n)]
-    decs = [read_tensors(path / f"W_dec_{i}.safetensors", required=(f"W_dec_{i}",))[f"W_dec_{i}"]
-            for i in range(n)]
+    encs, decs = [], []
+    for i in range(n):
+        enc_file, dec_file = path / f"W_enc_{i}.safetensors", path / f"W_dec_{i}.safetensors"
+        enc = read_tensors(enc_file, required=(f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}"))
+        dec = read_tensors(dec_file, required=(f"W_dec_{i}",))
+        check_finite_tensors(enc, f"{path.name} (CLT)", enc_file)
+        check_finite_tensors(dec, f"{path.name} (CLT)", dec_file)
+        encs.append(enc)
+        decs.append(dec[f"W_dec_{i}"])
     m, d_in = encs[0]["W_enc_0"].shape
     d_out = decs[0].shape[-1]
     jump = "threshold_0" in encs[0]

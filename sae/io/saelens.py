@@ -5,7 +5,8 @@ Export (SAEs only; transcoders go to circuit-tracer):
      / gated -> "jumprelu" with ``threshold`` (Gated via its exact JumpReLU form).
   2. Weights: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec (+ threshold).
   3. ``sparsity.safetensors`` holds ``sparsity`` = log10 feature density when given.
-Import reads the same keys (and SAELens "gated": b_gate, r_mag, b_mag).
+Import reads the same keys (and SAELens "gated": b_gate, r_mag, b_mag) and refuses
+NaN/inf weights (``NonFiniteWeightsError`` naming the folder and tensor).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import numpy as np
 from attribution.sites import Site
 from sae.arch import GatedDictionary
 from sae.errors import FormatError, UnknownArchitectureError
-from sae.io._files import atomic_dir, read_json, read_tensors, write_json, write_tensors
+from sae.io._files import (
+    atomic_dir,
+    check_finite_tensors,
+    read_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
 from sae.io.convert import build_from_parts, encoder_parts
 
 _ARCH_NAME = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
@@ -64,6 +72,7 @@ def import_saelens(path, site: Site | None = None):
     cfg = read_json(path / "cfg.json")
     arch = cfg.get("architecture", "standard")
     w = read_tensors(path / "sae_weights.safetensors", required=("W_dec", "b_dec"))
+    check_finite_tensors(w, path.name, path / "sae_weights.safetensors")
     if site is None:
         s = (cfg.get("metadata") or {}).get("mlx_circuits_site") or cfg.get("hook_name")
         try:

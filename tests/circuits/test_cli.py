@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from circuits.cli import build_parser, main
 
 
@@ -35,7 +37,22 @@ def test_errors_are_one_line_without_traceback(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "run", boom)
     assert main(["doctor"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["circuits doctor: error: FileNotFoundError: model directory /nope does not exist"]
+    assert err == ["circuits doctor: error: model directory /nope does not exist"]
+
+
+@pytest.mark.parametrize("exc", [KeyError("x"), IndexError("list index out of range"),
+                                 ZeroDivisionError("division by zero")])
+def test_unexpected_errors_say_internal(monkeypatch, capsys, exc):
+    """A bug, not bad input: one line that says so and how to get the traceback."""
+    from circuits.cli import doctor
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(doctor, "run", boom)
+    assert main(["doctor"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error" in err[0] and type(exc).__name__ in err[0] and "--debug" in err[0]
 
 
 def test_parser_lists_subcommands():
