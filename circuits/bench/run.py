@@ -1,10 +1,22 @@
-"""Ground-truth benchmark of the discovery methods on the shipped organisms.
+"""Ground-truth benchmark of the discovery methods on the organisms (shipped or the user's).
+
+Targets: shipped organisms by name (``organisms=``), or any llama-family model
+directory (``model=``) with a ground truth (``ground_truth=``: a JSON file in the
+schema of ``circuits.organisms.ground_truth``, default ``<model>/ground_truth.json``).
 
 Algorithm (``run_benchmark``):
-  1. For each organism with a ``ground_truth.json`` and each of its tasks: the
-     task data the ground truth used (its n and seed), and a staleness check:
-     the stored clean metric must match the model's (else the row is flagged,
-     or the ground truth recomputed with ``recompute_stale=True``).
+  0. Resolve every target before any scoring, so bad input fails at once with one
+     line: the model loads and is covered by the masking core; the ground truth
+     parses and names only the model's components; each requested task is a
+     built-in name or a task file (``circuits.tasks.user``), paired with the
+     ground-truth task of the same name (a file: its name, stem or path; or the
+     only task of a one-task ground truth); its data are generated with the
+     ground truth's n and seed (or ``BenchConfig.n``). A shipped organism
+     without the requested task is skipped with a note; a user ground truth
+     without it is an error; nothing left to run is an error.
+  1. Staleness: the stored clean metric must match the model's (else the row is
+     flagged, or, for shipped organisms with ``recompute_stale=True``, the ground
+     truth is recomputed).
   2. Positives: nodes = the ground truth's minimal component set; edges = the
      edges of that set (upstream in set + embed, downstream in set + logits:
      the ground truth never ablates embeddings or logits). ``edge_auc_paths``
@@ -27,7 +39,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +47,12 @@ import numpy as np
 import pandas as pd
 
 from circuits.bench.metrics import precision_recall_at_k, roc_auc
-from circuits.discover import METHODS, DiscoverConfig, MaskedModel, discover_masked
+from circuits.discover import METHODS, DiscoverConfig, MaskedModel, check_model, discover_masked
 from circuits.discover.ablation import ABLATIONS
 from circuits.discover.methods import exact
-from circuits.errors import BenchmarkError
+from circuits.errors import BenchmarkError, OrganismError
+from circuits.organisms.ground_truth import GroundTruth, TaskGroundTruth, read_ground_truth
+from circuits.tasks.base import TaskData
 from circuits.validate.faithfulness import faithfulness, faithfulness_curve
 
 Progress = Callable[[str, int, int], None]
@@ -57,11 +71,18 @@ class BenchConfig:
     n: int | None = None
     """Examples per task (None: the ground truth's n)."""
     recompute_stale: bool = False
-    """Recompute a stale ground truth (clean metric differs) instead of flagging it."""
+    """Recompute a stale ground truth (clean metric differs) instead of flagging it
+    (shipped organisms only; a user ground truth is flagged)."""
 
     def __post_init__(self) -> None:
-        if self.ig_steps < 1 or self.tau < 0 or (self.n is not None and self.n < 1):
-            raise BenchmarkError("need ig_steps >= 1, tau >= 0 and n >= 1")
+        if self.ig_steps < 1:
+            raise BenchmarkError(f"ig_steps must be >= 1 (EAP-IG interpolation steps), got {self.ig_steps}")
+        if not self.tau >= 0 or self.tau == float("inf"):
+            raise BenchmarkError(f"tau (the ACDC threshold) must be a finite number >= 0, got {self.tau}")
+        if self.n is not None and self.n < 1:
+            raise BenchmarkError(f"n (examples per task) must be >= 1, got {self.n}")
+        if self.qkv not in ("joint", "separate"):
+            raise BenchmarkError(f"qkv must be 'joint' or 'separate', got {self.qkv!r}")
 
 
 @dataclass(frozen=True)
@@ -138,25 +159,153 @@ def score_against(mm: MaskedModel, gt_task: Any, method: str, ablation: str, cfg
     return row
 
 
-def _organism_tasks(name: str, tasks: Sequence[str] | None, skipped: list) -> list:
-    from circuits import organisms
+@dataclass(frozen=True)
+class BenchTarget:
+    """One model to benchmark, with its ground truth and the task data to score on."""
 
-    try:
-        gt = organisms.load_ground_truth(name)
-    except Exception as exc:  # noqa: BLE001 - an unshipped organism is reported, not fatal
-        skipped.append(f"{name}: {exc}")
-        return []
-    want = list(tasks) if tasks else list(gt.tasks)
-    for t in want:
-        if t not in gt.tasks:
-            skipped.append(f"{name}/{t}: no ground truth for this task")
-    return [(gt, gt.tasks[t]) for t in want if t in gt.tasks]
+    name: str
+    """Organism column of the table: the shipped name or the model directory's name."""
+    model: Any = field(repr=False)
+    """The loaded model."""
+    ground_truth: GroundTruth
+    """Its ground truth."""
+    tasks: tuple[tuple[str, TaskGroundTruth, TaskData], ...]
+    """(ground-truth task name, its ground truth, the examples it is scored on)."""
+    shipped: bool
+    """A shipped organism (its ground truth can be recomputed when stale)."""
 
 
-def _check_stale(name: str, gt: Any, gtt: Any, mm: MaskedModel, cfg: BenchConfig) -> tuple[Any, bool]:
+_TASK_FILE = (".jsonl", ".json", ".ndjson", ".csv")
+
+
+def _is_task_file(spec: str) -> bool:
+    return spec.strip().lower().endswith(_TASK_FILE)
+
+
+def _match_file(gt: GroundTruth, spec: str, source: str) -> str:
+    """The ground-truth task a task file is scored against (module docstring, step 0)."""
+    p = Path(spec)
+    for key in (spec, str(p), p.name, p.stem, f"user:{p.name}"):
+        if key in gt.tasks:
+            return key
+    if len(gt.tasks) == 1:
+        return next(iter(gt.tasks))
+    raise BenchmarkError(f"task file {spec} matches no task of {source} (tasks: "
+                         f"{', '.join(gt.tasks)}); name the ground-truth task after the file "
+                         f"(e.g. {p.stem!r}) or keep one task in the ground truth")
+
+
+def _task_specs(gt: GroundTruth, wanted: Sequence[str] | None, source: str, base: Path,
+                strict: bool, skipped: list, label: str) -> list[tuple[str, str]]:
+    """(task spec for ``tasks.get``, ground-truth task key) pairs for one target."""
+    from circuits import tasks as task_reg
+
+    pairs = []
+    if not wanted:  # every task of the ground truth: a built-in name or a task file
+        for key in gt.tasks:
+            spec = key
+            if _is_task_file(key):  # relative to the ground truth's folder, else to the cwd
+                spec = str(base / key) if (base / key).is_file() else key
+                task_reg.read_rows(spec)
+            else:
+                try:
+                    task_reg.get(key)
+                except ValueError:
+                    raise BenchmarkError(
+                        f"{source}: task {key!r} is not a built-in task ({', '.join(task_reg.names())}) "
+                        "or a task file; pass its task file with --tasks FILE.jsonl") from None
+            pairs.append((spec, key))
+        return pairs
+    for spec in wanted:
+        if _is_task_file(spec):
+            task_reg.read_rows(spec)  # exists and parses: one line naming file and line if not
+            pairs.append((spec, _match_file(gt, spec, source)))
+            continue
+        task = task_reg.get(spec)  # unknown names: one line listing the known tasks
+        keys = [spec, task.name]
+        key = next((k for k in keys if k in gt.tasks), None)
+        if key is None:
+            if strict:
+                raise BenchmarkError(f"{source} has no task {spec!r}; it has: {', '.join(gt.tasks)} "
+                                     "(pass those with --tasks, or a task file)")
+            skipped.append(f"{label}/{spec}: no ground truth for this task")
+            continue
+        pairs.append((spec, key))
+    return pairs
+
+
+def _target(name: str, model_dir: Path, gt: GroundTruth, source: str, base: Path, wanted,
+            cfg: BenchConfig, shipped: bool, skipped: list) -> BenchTarget | None:
+    from attribution import load_model
+    from circuits import tasks as task_reg
+
+    model = load_model(model_dir)
+    check_model(model)
+    gt.check_components(model.n_layers, model.n_heads, source)
+    pairs = _task_specs(gt, wanted, source, base, not shipped, skipped, name)
+    if not pairs:
+        return None
+    data = tuple((key, gt.tasks[key], task_reg.get(spec).generate(cfg.n or gt.config.n,
+                                                                  gt.config.seed, model.tokenizer))
+                 for spec, key in pairs)
+    return BenchTarget(name, model, gt, data, shipped)
+
+
+def resolve_targets(organisms: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+                    model: str | Path | None = None, ground_truth: str | Path | None = None,
+                    config: BenchConfig | None = None) -> tuple[list[BenchTarget], list[str]]:
+    """Step 0 of the module docstring: (targets, skipped notes); raises on bad input."""
+    from circuits import organisms as orgs
+
+    cfg = config or BenchConfig()
+    skipped: list[str] = []
+    if model is not None and organisms:
+        raise BenchmarkError("give --model DIR (your own model) or --organisms NAME ... (shipped), "
+                             "not both")
+    if model is not None:
+        d = Path(model)
+        if not d.is_dir():
+            raise BenchmarkError(f"model directory {d} does not exist; give an mlx-lm model "
+                                 "directory (config.json, weights, tokenizer)")
+        gt_file = Path(ground_truth) if ground_truth is not None else d / "ground_truth.json"
+        if ground_truth is None and not gt_file.is_file():
+            raise BenchmarkError(f"{d} has no ground_truth.json; pass one with --ground-truth FILE "
+                                 "(schema: circuits/organisms/ground_truth.py)")
+        gt = read_ground_truth(gt_file)
+        t = _target(d.resolve().name, d, gt, f"ground-truth file {gt_file}", gt_file.parent, tasks,
+                    cfg, False, skipped)
+        return ([t] if t is not None else []), skipped
+    names = list(organisms) if organisms else list(orgs.names())
+    for name in names:
+        if name not in orgs.names():
+            raise BenchmarkError(f"unknown organism {name!r}; known: {', '.join(orgs.names())} "
+                                 "(for your own model use --model DIR --ground-truth FILE)")
+    if ground_truth is not None and len(names) != 1:
+        raise BenchmarkError("--ground-truth replaces one model's ground truth; name one organism "
+                             "with --organisms NAME or give --model DIR")
+    targets = []
+    for name in names:
+        if ground_truth is not None:
+            gt, source, shipped = read_ground_truth(ground_truth), f"ground-truth file {ground_truth}", False
+            base = Path(ground_truth).parent
+        else:
+            try:
+                gt, source, shipped = orgs.load_ground_truth(name), f"organism {name!r}", True
+            except OrganismError as exc:  # an unshipped organism is reported, not fatal
+                skipped.append(f"{name}: {exc}")
+                continue
+            base = orgs.path(name)
+        t = _target(name, orgs.path(name), gt, source, base, tasks, cfg, shipped, skipped)
+        if t is not None:
+            targets.append(t)
+    return targets, skipped
+
+
+def _check_stale(name: str, gt: Any, gtt: Any, mm: MaskedModel, cfg: BenchConfig,
+                 shipped: bool = True) -> tuple[Any, bool]:
     clean = mm.metric(mm.ones())
     stale = abs(clean - gtt.clean_metric) > 1e-3 * max(1.0, abs(clean))
-    if stale and cfg.recompute_stale and cfg.n is None:
+    if stale and shipped and cfg.recompute_stale and cfg.n is None:
         from circuits import organisms
 
         fresh = organisms.ground_truth(name, tasks=(gtt.task,), config=gt.config)
@@ -167,39 +316,39 @@ def _check_stale(name: str, gt: Any, gtt: Any, mm: MaskedModel, cfg: BenchConfig
 def run_benchmark(organisms: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                   methods: Sequence[str] = METHODS, ablations: Sequence[str] = ("counterfactual",),
                   config: BenchConfig | None = None,
-                  on_progress: Progress | None = None) -> BenchmarkResult:
-    """Score every method against the organisms' ground truth (module docstring)."""
-    from attribution import load_model
-    from circuits import organisms as orgs
-    from circuits import tasks as task_reg
+                  on_progress: Progress | None = None, *, model: str | Path | None = None,
+                  ground_truth: str | Path | None = None) -> BenchmarkResult:
+    """Score every method against the ground truth (module docstring).
 
+    ``organisms``: shipped names (default: all), or ``model``: a model directory with
+    ``ground_truth`` (a JSON file; default ``<model>/ground_truth.json``). ``tasks``:
+    built-in names or task files (default: every task of the ground truth)."""
     cfg = config or BenchConfig()
-    bad = [m for m in methods if m not in METHODS] + [a for a in ablations if a not in ABLATIONS]
-    if bad:
-        raise BenchmarkError(f"unknown method/ablation {bad}; methods {METHODS}, ablations {ABLATIONS}")
-    names = list(organisms) if organisms else list(orgs.names())
-    rows, skipped = [], []
+    methods, ablations = list(methods), list(ablations)
+    bad_m = [m for m in methods if m not in METHODS]
+    bad_a = [a for a in ablations if a not in ABLATIONS]
+    if bad_m or bad_a or not methods or not ablations:
+        what = (f"unknown method(s) {', '.join(map(repr, bad_m))}" if bad_m else
+                f"unknown ablation(s) {', '.join(map(repr, bad_a))}" if bad_a else
+                "no method or ablation given")
+        raise BenchmarkError(f"{what}; methods: {', '.join(METHODS)}; ablations: {', '.join(ABLATIONS)}")
+    targets, skipped = resolve_targets(organisms, tasks, model, ground_truth, cfg)
+    if not targets:
+        raise BenchmarkError("nothing to benchmark: " + "; ".join(skipped or ["no targets"]))
+    rows = []
     tell = on_progress or (lambda *a: None)
-    for name in names:
-        if name not in orgs.names():
-            raise BenchmarkError(f"unknown organism {name!r}; known: {', '.join(orgs.names())}")
-        pairs = _organism_tasks(name, tasks, skipped)
-        if not pairs:
-            continue
-        model = load_model(orgs.path(name))
-        for gt, gtt in pairs:
-            data = task_reg.get(gtt.task).generate(cfg.n or gt.config.n, gt.config.seed,
-                                                   model.tokenizer)
+    for t in targets:
+        for key, gtt, data in t.tasks:
             checked = None  # the staleness check (and any recompute) runs once per task
             for ablation in ablations:
-                mm = MaskedModel(model, data, ablation, cfg.qkv)
-                checked = checked or _check_stale(name, gt, gtt, mm, cfg)
+                mm = MaskedModel(t.model, data, ablation, cfg.qkv)
+                checked = checked or _check_stale(t.name, t.ground_truth, gtt, mm, cfg, t.shipped)
                 gtt_used, stale = checked
                 ex_nodes = exact(mm, "node")
                 for i, method in enumerate(methods):
                     row = score_against(mm, gtt_used, method, ablation, cfg, ex_nodes)
-                    rows.append({"organism": name, "task": gtt.task, **row, "gt_stale": stale})
-                    tell(f"{name}/{gtt.task}/{ablation}", i + 1, len(methods))
+                    rows.append({"organism": t.name, "task": key, **row, "gt_stale": stale})
+                    tell(f"{t.name}/{key}/{ablation}", i + 1, len(methods))
     return BenchmarkResult(pd.DataFrame(rows), tuple(skipped))
 
 

@@ -32,8 +32,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+import warnings
 
 from circuits.cli._common import CLIError, progress
+from circuits.cli.validate_feature import SmallDenominatorWarning
+from circuits.validate.faithfulness import denominator_warning
 
 METHODS = ("eap", "eap-ig", "exact", "acdc")
 LEVELS = ("edge", "node")
@@ -256,7 +259,10 @@ def run_component(args, model, tmp: Path) -> dict:
     circuit = circuit_record(res, f, s, model_name, mm.n)
     (tmp / "component_circuit.json").write_text(json.dumps(circuit, indent=1, default=float))
     no_svg = _draw(circuit, tmp)
-    return {"level": "component", "method": s.method, "ablation": s.ablation, "task": s.task,
+    warn = denominator_warning(f.f_full, f.f_empty)
+    if warn is not None:
+        warnings.warn(SmallDenominatorWarning(warn))
+    return {**({"warning": warn} if warn else {}), "level": "component", "method": s.method, "ablation": s.ablation, "task": s.task,
             "metric": res.metric, "n_examples": mm.n, "settings": asdict(s),
             "selection": s.selection, "faithfulness": f.faithfulness,
             "completeness": f.completeness, "include_embedding": f.include_embedding,

@@ -150,12 +150,12 @@ def run_feature(args, model, tmp) -> dict:
     metric, metric_name = metric_for(circuit, spec)
     clean, corrupted = list(spec.clean), None if spec.corrupted is None else list(spec.corrupted)
     res = feature_faithfulness(rm, clean, circuit, metric, args.ablation, corrupted)
-    spread = abs(res.f_full - res.f_empty)
+    from circuits.validate.faithfulness import denominator_warning
+
     rec = {"level": "feature", **res.__dict__, "metric": metric_name, "prompt_source": spec.record(),
            "circuit": str(args.circuit)}
-    if spread < 0.05 * max(abs(res.f_full), abs(res.f_empty), 1e-3) or spread < 1e-3:
-        msg = (f"|F(M) − F(∅)| = {spread:.3g} is small next to F(M) = {res.f_full:.4g}: faithfulness divides "
-               "by little more than noise; try another --ablation or target")
+    msg = denominator_warning(res.f_full, res.f_empty)
+    if msg is not None:
         rec["warning"] = msg
         warnings.warn(SmallDenominatorWarning(msg))
     if full is not None:

@@ -9,8 +9,9 @@ Algorithm:
      per length group of the task data, under the chosen ablation.
   2. Score every unit with the method (``methods.py``): eap, eap-ig, exact, acdc.
   3. Select: ACDC keeps what it did not remove; the other methods keep the
-     ``top_n`` largest |score| units, or those with |score| >= ``threshold``,
-     or (default) the top ``top_fraction`` of units.
+     ``top_n`` largest |score| units, or those with |score| >= ``threshold``
+     (> 0; ``top_n`` and ``threshold`` exclude each other), or (default) the top
+     ``top_fraction`` of units.
   4. Return a ``ComponentCircuitResult`` whose every score row records the
      ablation, method and metric.
 """
@@ -32,9 +33,10 @@ from circuits.discover.graph import (
     ComponentGraph,
     Edge,
     Node,
+    display_name,
     parse_node,
 )
-from circuits.discover.masking import MaskedModel
+from circuits.discover.masking import MaskedModel, check_model
 from circuits.discover.methods import acdc, eap, eap_ig, exact, integrated_gradients
 from circuits.discover.result import ComponentCircuitResult, scores_frame
 from circuits.errors import DiscoveryError
@@ -62,7 +64,8 @@ class DiscoverConfig:
     top_n: int | None = None
     """Select the top_n largest |score| units (not ACDC)."""
     threshold: float | None = None
-    """Select units with |score| >= threshold (not ACDC; ignored when top_n is set)."""
+    """Select units with |score| >= threshold, in metric units (not ACDC; > 0; give
+    ``top_n`` or ``threshold``, not both)."""
     top_fraction: float = 0.1
     """Default selection: this fraction of units, rounded up (not ACDC)."""
     metric: str | None = None
@@ -84,6 +87,11 @@ class DiscoverConfig:
             raise DiscoveryError(f"need ig_steps >= 1 and tau >= 0, got {self.ig_steps}, {self.tau}")
         if self.top_n is not None and self.top_n < 0:
             raise DiscoveryError(f"top_n must be >= 0, got {self.top_n}")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise DiscoveryError(f"threshold must be a finite |score| > 0 (metric units), "
+                                 f"got {self.threshold}")
+        if self.top_n is not None and self.threshold is not None:
+            raise DiscoveryError("give top_n or threshold to select units, not both")
         if not 0 < self.top_fraction <= 1:
             raise DiscoveryError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
 
@@ -147,6 +155,7 @@ def discover(model: Any, data: Any, method: str = "eap-ig", level: str = "compon
 
 __all__ = [
     "ABLATIONS", "EMBED", "LEVELS", "LOGITS", "METHODS", "ComponentCircuitResult",
-    "ComponentGraph", "DiscoverConfig", "Edge", "MaskedModel", "Node", "acdc", "discover",
-    "discover_masked", "eap", "eap_ig", "exact", "integrated_gradients", "parse_node",
+    "ComponentGraph", "DiscoverConfig", "Edge", "MaskedModel", "Node", "acdc", "check_model",
+    "discover", "discover_masked", "display_name", "eap", "eap_ig", "exact",
+    "integrated_gradients", "parse_node",
 ]

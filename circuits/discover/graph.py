@@ -10,6 +10,10 @@ A downstream head's input is one port (``qkv="joint"``: the head reads one
 residual stream for its query, key and value) or three (``qkv="separate"``:
 ports q, k, v, each with its own mask, like ACDC / auto-circuit).
 
+Node names (``parse_node``): the canonical forms are ``L1H2`` (head), ``L0.mlp``,
+``embed`` and ``logits``; ``L1.H2`` / ``L0.MLP`` (the figures' spelling), any
+letter case, and ``emb``/``embedding`` for the token embedding are read too.
+
 Algorithm (``ComponentGraph``):
   1. Upstream order (the "stack" the core builds while running): embed, then
      per layer its heads (0..H-1) then its MLP. So the upstreams of layer l's
@@ -24,6 +28,7 @@ Algorithm (``ComponentGraph``):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -38,6 +43,10 @@ Node = Component | str
 
 EMBED, LOGITS = "embed", "logits"
 QKV_MODES = ("joint", "separate")
+EMBED_ALIASES = ("embed", "emb", "embedding", "embeddings")
+"""Spellings of the token-embedding node (any letter case)."""
+_HEAD = re.compile(r"l(\d+)\.?h(\d+)", re.IGNORECASE)
+_MLP = re.compile(r"l(\d+)\.?mlp", re.IGNORECASE)
 
 
 def node_name(node: Node) -> str:
@@ -45,9 +54,36 @@ def node_name(node: Node) -> str:
     return str(node)
 
 
+def display_name(node: Node | str) -> str:
+    """The figures' spelling of a node: ``L1.H2``, ``L0.MLP``, ``embed``, ``logits``."""
+    node = parse_node(node) if isinstance(node, str) else node
+    if isinstance(node, Component):
+        return f"L{node.layer}.H{node.head}" if node.kind == "head" else f"L{node.layer}.MLP"
+    return str(node)
+
+
 def parse_node(text: str) -> Node:
-    """Inverse of ``node_name``."""
-    return text if text in (EMBED, LOGITS) else Component.parse(text)
+    """Inverse of ``node_name``; also reads ``L1.H2``, ``L0.MLP``, ``EMB``/``embedding``
+    and any letter case (module docstring). Raises ``DiscoveryError`` on anything else."""
+    if isinstance(text, Component):
+        return text
+    if not isinstance(text, str):
+        raise DiscoveryError(f"a component name is a string such as L0.H2, L1.MLP or EMB; "
+                             f"got {type(text).__name__} {text!r}")
+    key = text.strip()
+    low = key.lower()
+    if low in EMBED_ALIASES:
+        return EMBED
+    if low == LOGITS:
+        return LOGITS
+    m = _HEAD.fullmatch(key)
+    if m:
+        return Component(int(m[1]), "head", int(m[2]))
+    m = _MLP.fullmatch(key)
+    if m:
+        return Component(int(m[1]), "mlp")
+    raise DiscoveryError(f"cannot read component name {text!r}; write L<layer>.H<head> (or "
+                         "L<layer>H<head>), L<layer>.MLP, EMB or logits")
 
 
 @dataclass(frozen=True)
@@ -127,20 +163,50 @@ class ComponentGraph:
         return out
 
     def edge_id(self, edge: Edge | str) -> int:
-        """Edge number of an ``Edge`` or its string (``L0H1->L1H2`` / ``...->L1H2.q``)."""
-        try:
+        """Edge number of an ``Edge`` or its string (``L0H1->L1H2`` / ``...->L1H2.q``; node
+        names in any spelling of ``parse_node``)."""
+        if edge in self.edge_pos:
             return self.edge_pos[edge]
-        except KeyError:
-            raise DiscoveryError(f"no edge {edge} in this graph (qkv={self.qkv!r}); edges look "
-                                 f"like {self.edges[0]} ... {self.edges[-1]}") from None
+        if isinstance(edge, str) and "->" in edge:
+            up, _, down = (t.strip() for t in edge.partition("->"))
+            port = None
+            if down[-2:] in (".q", ".k", ".v"):
+                down, port = down[:-2], down[-1]
+            try:
+                key = Edge(parse_node(up), parse_node(down), port)
+            except DiscoveryError:
+                key = None
+            if key in self.edge_pos:
+                return self.edge_pos[key]
+        raise DiscoveryError(f"no edge {edge} in this graph (qkv={self.qkv!r}); edges look "
+                             f"like {self.edges[0]} ... {self.edges[-1]}")
+
+    def valid_names(self, limit: int = 64) -> str:
+        """The maskable node names, in the figures' spelling, for error messages: all of
+        them up to ``limit``, else the patterns with this graph's ranges."""
+        names = [display_name(u) for u in self.upstream]
+        if len(names) <= limit:
+            return ", ".join(names)
+        return (f"embed, L<l>.H<h> and L<l>.MLP with l < {self.n_layers} and "
+                f"h < {self.n_heads} ({len(names)} names)")
 
     def node_id(self, node: Node | str) -> int:
-        """Stack position of an upstream node (or its name)."""
-        key = parse_node(node) if isinstance(node, str) else node
+        """Stack position of an upstream node (or its name, any spelling of ``parse_node``)."""
+        try:
+            key = parse_node(node) if isinstance(node, str) else node
+        except DiscoveryError:
+            key = None
         if key not in self.upstream_pos:
-            raise DiscoveryError(f"{node!r} is not a maskable node (embed, LxHy or Lx.mlp "
-                                 f"with layer < {self.n_layers}, head < {self.n_heads})")
+            raise DiscoveryError(f"unknown component {node!r} for this {self.n_layers}-layer, "
+                                 f"{self.n_heads}-head model; valid names: {self.valid_names()}")
         return self.upstream_pos[key]
+
+    def nodes_mask(self, nodes) -> np.ndarray:
+        """A {0,1} float32 [n_nodes] node mask with ones on ``nodes`` (names or nodes)."""
+        m = np.zeros(self.n_nodes, dtype=np.float32)
+        for n in nodes:
+            m[self.node_id(n)] = 1.0
+        return m
 
     def edges_to_mask(self, edges) -> np.ndarray:
         """A {0,1} float32 [n_edges] mask with ones on ``edges``."""

@@ -57,15 +57,22 @@ class BatchState:
     """[B,V] clean last-position logits (for KL metrics)."""
 
 
-def _check_model(model: Any) -> None:
-    if model.arch not in SUPPORTED_ARCHS:
+def check_model(model: Any) -> None:
+    """Raise ``UnsupportedModelError`` (one line naming the fix) unless the masking core
+    covers ``model``: a llama-family architecture with unquantized attention weights."""
+    arch = getattr(model, "arch", None)
+    if arch not in SUPPORTED_ARCHS:
         raise UnsupportedModelError(
-            f"the masking core supports {', '.join(SUPPORTED_ARCHS)} (sequential pre-norm blocks "
-            f"with per-head additive writes); {model.arch!r} is not covered")
+            f"component-level discovery and validation (the masking core) need a llama-family "
+            f"model ({', '.join(SUPPORTED_ARCHS)}: sequential pre-norm blocks with per-head "
+            f"additive writes), but this model is {arch!r}; use such a model, or validate a "
+            "feature circuit (circuits validate --circuit DIR), which works on any architecture")
     for h in model.layers:
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             if "scales" in h.attn[name]:
-                raise UnsupportedModelError("quantized attention weights: dequantize the model first")
+                raise UnsupportedModelError(
+                    "the masking core needs unquantized attention weights but this model is "
+                    "quantized; dequantize it first (mlx_lm.convert --dequantize)")
 
 
 def _proj(x: mx.array, lin: Any, rows: mx.array | None, n: int, dh: int) -> mx.array:
@@ -85,7 +92,7 @@ class MaskedModel:
     def __init__(self, model: Any, data: TaskData, ablation: str = "counterfactual",
                  qkv: str = "joint", batch_size: int | None = None, seed: int = 0,
                  metric: str | None = None) -> None:
-        _check_model(model)
+        check_model(model)
         if ablation not in ABLATIONS:
             raise DiscoveryError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
         self.model, self.ablation, self.seed = model, ablation, seed

@@ -3,6 +3,9 @@ predicted-vs-measured agreement and bootstrap stability (DESIGN.md B5, C).
 
 Every function takes a ``circuits.discover.MaskedModel`` (or a model and task data)
 so the ablation used outside the circuit is the one recorded on the results.
+``faithfulness`` takes a circuit as component names (``["L0.H2", "L1.MLP"]``; the
+token embedding kept clean unless ``include_embedding=False``, recorded on the
+result), edges, masks or a discovery result.
 """
 
 from __future__ import annotations

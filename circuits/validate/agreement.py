@@ -70,18 +70,22 @@ def measured_node_effects(mm: MaskedModel) -> np.ndarray:
 
 def predicted_vs_measured(model: Any, data: Any, method: str = "eap-ig", steps: int = 8,
                           ablation: str = "counterfactual", max_prompts: int | None = None,
-                          on_progress: Callable | None = None) -> Agreement:
-    """Compare a gradient method's node scores with exact node patching (module docstring)."""
+                          on_progress: Callable | None = None, seed: int = 0,
+                          qkv: str = "joint") -> Agreement:
+    """Compare a gradient method's node scores with exact node patching (module docstring).
+
+    ``seed``: of the resample ablation; ``qkv``: head input ports (node scores sum
+    every outgoing edge, so they do not depend on it beyond float rounding)."""
     if method not in ("eap", "eap-ig"):
         raise ValidationError(f"method must be 'eap' or 'eap-ig', got {method!r}")
     if max_prompts is not None:
         data = data.subset(range(min(max_prompts, len(data))))
-    mm = MaskedModel(model, data, ablation)
+    mm = MaskedModel(model, data, ablation, qkv, seed=seed)
     measured = measured_node_effects(mm)
     predicted = np.zeros_like(measured)
     tell = on_progress or (lambda *a: None)
     for i in range(len(data)):
-        one = MaskedModel(model, data.subset([i]), ablation, seed=mm.seed)
+        one = MaskedModel(model, data.subset([i]), ablation, qkv, seed=mm.seed)
         predicted[i] = eap(one, "node") if method == "eap" else eap_ig(one, "node", steps)
         tell("predicted", i + 1, len(data))
     r, rho, slope, icpt = _stats(predicted.ravel(), measured.ravel())

@@ -5,6 +5,19 @@ Definitions (Sparse Feature Circuits; MIB):
   every edge outside C ablated; completeness(C) = faithfulness of the
   complement (lower is better). F(M) == F(empty) raises ``ValidationError``.
 
+Circuits (``faithfulness``) may be given as
+  * component names (``["L0.H2", "L1.MLP"]``; also ``L0H2``, ``L1.mlp``, ``EMB``):
+    a node circuit, every outgoing edge of a kept node clean. The token embedding
+    is kept clean unless ``include_embedding=False`` (default True, the ground
+    truth's convention: an ablated embedding corrupts every reader at once, so a
+    circuit without it scores about 0 whatever its heads; by the same token the
+    complement, which then lacks the embedding, scores about 0 under a
+    counterfactual ablation); naming ``EMB`` keeps it either way;
+  * edges (``Edge`` objects or ``"L0H1->L1H0"`` strings), an [n_edges] edge mask,
+    an [n_nodes] node mask (embedding at index 0, taken as given) or a
+    ``ComponentCircuitResult``.
+The result records the level and whether the embedding was kept.
+
 Algorithm (``faithfulness_curve``):
   1. Rank units by signed score (``absolute=False``, for CPR) or by |score|
      (``absolute=True``, for CMD), largest first, stable.
@@ -27,8 +40,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from circuits.discover.graph import EMBED
 from circuits.discover.masking import MaskedModel
 from circuits.discover.result import ComponentCircuitResult
+from circuits.organisms.patching import Component
 from circuits.errors import ValidationError
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -56,6 +71,11 @@ class Faithfulness:
     """Edges in C / all edges."""
     ablation: str
     """Ablation used for everything outside C."""
+    level: str = "edge"
+    """How C was given: "node" (component names, node mask, node-level result) or "edge"."""
+    include_embedding: bool | None = None
+    """Node circuits: whether the token embedding's outgoing edges were kept clean in C
+    (ablated in the complement). None for edge circuits, whose embed edges are explicit."""
 
     def to_frame(self) -> pd.DataFrame:
         """One-row table of every field."""
@@ -73,28 +93,66 @@ def normalised(f: float, f_empty: float, f_full: float) -> float:
     return (f - f_empty) / den
 
 
-def _edge_mask(mm: MaskedModel, circuit) -> np.ndarray:
+def denominator_warning(f_full: float, f_empty: float, rel: float = 0.05, floor: float = 1e-3) -> str | None:
+    """A warning when |F(M) − F(∅)| is too small to divide by, else None.
+
+    Faithfulness divides by F(M) − F(∅). When the ablation barely moves the metric
+    (under ``rel`` of its size, or under ``floor`` in metric units), float noise and
+    tiny effects dominate the ratio, so values like 3.7 or −2 mean nothing."""
+    spread = abs(f_full - f_empty)
+    if spread < rel * max(abs(f_full), abs(f_empty), floor) or spread < floor:
+        return (f"|F(M) − F(∅)| = {spread:.3g} is small next to F(M) = {f_full:.4g}: faithfulness "
+                "divides by little more than noise; try another ablation or metric")
+    return None
+
+
+def _is_name(c) -> bool:
+    return isinstance(c, (str, Component)) and not (isinstance(c, str) and "->" in c)
+
+
+def _edge_mask(mm: MaskedModel, circuit,
+               include_embedding: bool = True) -> tuple[np.ndarray, str, bool | None]:
+    """(edge mask, level, embedding kept) of any accepted circuit form (module docstring)."""
+    g = mm.graph
     if isinstance(circuit, ComponentCircuitResult):
-        return circuit.mask()
+        mask = circuit.mask()
+        if circuit.level == "node":
+            return mask, "node", bool(circuit.scores["in_circuit"].to_numpy()[g.node_id(EMBED)])
+        return mask, "edge", None
+    if isinstance(circuit, str):  # one name: a common slip for a one-element list
+        circuit = [circuit]
     if isinstance(circuit, (list, tuple, set, frozenset)) and all(
             not isinstance(c, (int, float, bool, np.number)) for c in circuit):
-        return mm.graph.edges_to_mask(circuit)  # edges or their names
+        items = list(circuit)
+        names = [c for c in items if _is_name(c)]
+        if names and len(names) < len(items):
+            raise ValidationError("a circuit is either component names (L0.H2, L1.MLP, EMB) or "
+                                  f"edges (L0H1->L1H0), not a mix; got {items[:4]}...")
+        if not names:
+            return g.edges_to_mask(items), "edge", None  # edges or their names
+        nodes = g.nodes_mask(names)  # unknown names: one line listing the valid ones
+        if include_embedding:
+            nodes[g.node_id(EMBED)] = 1.0
+        return g.nodes_to_edge_mask(nodes), "node", bool(nodes[g.node_id(EMBED)])
     mask = np.asarray(circuit)
-    if mask.shape == (mm.graph.n_nodes,) and mask.shape != (mm.graph.n_edges,):
-        return mm.graph.nodes_to_edge_mask(mask.astype(np.float32))
-    if mask.shape != (mm.graph.n_edges,):
-        raise ValidationError(f"a circuit is a result, a list of edges, or an [n_edges]="
-                              f"[{mm.graph.n_edges}] / [n_nodes] mask; got shape {mask.shape}")
-    return mask.astype(np.float32)
+    if mask.shape == (g.n_nodes,) and mask.shape != (g.n_edges,):
+        return g.nodes_to_edge_mask(mask.astype(np.float32)), "node", bool(mask[0] > 0)
+    if mask.shape != (g.n_edges,):
+        raise ValidationError(f"a circuit is component names, a result, a list of edges, or an "
+                              f"[n_edges]=[{g.n_edges}] / [n_nodes]=[{g.n_nodes}] mask; "
+                              f"got shape {mask.shape}")
+    return mask.astype(np.float32), "edge", None
 
 
-def faithfulness(mm: MaskedModel, circuit) -> Faithfulness:
-    """Faithfulness and completeness of ``circuit`` (result, edge list, or edge/node mask)."""
-    mask = _edge_mask(mm, circuit)
+def faithfulness(mm: MaskedModel, circuit, include_embedding: bool = True) -> Faithfulness:
+    """Faithfulness and completeness of ``circuit``: component names, a result, an edge
+    list, or an edge/node mask (module docstring). ``include_embedding`` applies to
+    component names: keep the token embedding clean (default) or ablate it unless named."""
+    mask, level, emb = _edge_mask(mm, circuit, include_embedding)
     full, empty = mm.metric(mm.ones()), mm.metric(mm.zeros())
     fc, fk = mm.metric(mask), mm.metric(1.0 - mask)
     return Faithfulness(normalised(fc, empty, full), normalised(fk, empty, full), fc, fk, full,
-                        empty, int(mask.sum()), float(mask.mean()), mm.ablation)
+                        empty, int(mask.sum()), float(mask.mean()), mm.ablation, level, emb)
 
 
 def area_under(x: Sequence[float], y: Sequence[float]) -> float:

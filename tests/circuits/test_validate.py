@@ -155,3 +155,14 @@ def test_greedy_order_is_connected_to_logits(mm):
     first = mm.graph.edges[order[0]]
     assert first.downstream == "logits"
     assert scores[order[0]] == scores[mm.graph.logit_index].max()
+
+
+def test_denominator_warning_thresholds():
+    """Hand-worked: the spread is compared to 5% of the metric's size and to 1e-3."""
+    from circuits.validate.faithfulness import denominator_warning
+
+    assert denominator_warning(4.0, 1.0) is None            # spread 3 of 4
+    assert denominator_warning(4.0, 3.9) is not None        # 0.1 < 0.05 * 4 = 0.2
+    assert denominator_warning(4.0, 3.7) is None            # 0.3 >= 0.2
+    assert denominator_warning(1e-4, 0.0) is not None       # below the 1e-3 floor
+    assert "noise" in denominator_warning(2.0, 2.0)
