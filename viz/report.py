@@ -11,11 +11,18 @@
    - ``Svg(text)``: SVG text, inlined (prolog and ``<script>`` removed);
    - ``pathlib.Path``: ``.svg`` inlined, ``.png``/``.jpg`` embedded as base64 ``data:`` URIs;
    - ``Links({text: href})``: a list of links (relative paths or http(s) only);
+   - ``Heading(text)``: a sub-heading; ``Note(text)``: a muted paragraph (provenance);
    - ``Raw``: trusted HTML that viz built (e.g. ``token_heatmap_html``).
-2. Everything is escaped with ``html.escape``; no external resources are referenced.
-3. ``standard_sections`` builds the usual order (circuit, metrics tables, faithfulness,
+2. A section's ``status`` says whether it holds results: ``""`` (it does),
+   ``"missing"`` (nothing found; the note says how to make it) or ``"unreadable"``
+   (its files are corrupt; the note names them). The status shows in the table of
+   contents and under the heading, so a report never drops a section silently.
+3. Everything is escaped with ``html.escape``; no external resources are referenced.
+   The whole page is built in memory before anything is written, so a failure
+   leaves no partial file.
+4. ``standard_sections`` builds the usual order (circuit, metrics tables, faithfulness,
    predicted vs. measured, co-activation, dashboards) from whichever inputs are given.
-4. The page is written atomically.
+5. The page is written atomically.
 """
 
 from __future__ import annotations
@@ -56,6 +63,27 @@ class Links:
 
 
 @dataclass(frozen=True)
+class Heading:
+    """A sub-heading inside a section (e.g. one run directory's results)."""
+
+    text: str
+    """The heading text (escaped)."""
+
+
+@dataclass(frozen=True)
+class Note:
+    """A muted paragraph (provenance, caveats)."""
+
+    text: str
+    """The note text (escaped)."""
+
+
+STATUSES = ("", "missing", "unreadable")
+"""Accepted ``Section.status`` values (module docstring, step 2)."""
+_STATUS_TEXT = {"missing": "not found", "unreadable": "unreadable"}
+
+
+@dataclass(frozen=True)
 class Section:
     """One report section."""
 
@@ -64,7 +92,9 @@ class Section:
     items: Sequence[object] = field(default_factory=tuple)
     """Items rendered in order (see the module docstring for the accepted types)."""
     note: str = ""
-    """Optional text under the heading (e.g. the ablation used)."""
+    """Optional text under the heading (e.g. the ablation used, or why the section is empty)."""
+    status: str = ""
+    """``""`` (holds results), ``"missing"`` or ``"unreadable"`` (module docstring, step 2)."""
 
 
 def clean_svg(text: str) -> str:
@@ -137,6 +167,10 @@ def render_item(item: object) -> str:
         return f'<div class="figure">{clean_svg(item.text)}</div>'
     if isinstance(item, Links):
         return _links_html(item)
+    if isinstance(item, Heading):
+        return f"<h3>{esc(item.text)}</h3>"
+    if isinstance(item, Note):
+        return f'<p class="muted">{esc(item.text)}</p>'
     if isinstance(item, Path):
         return _path_html(item)
     if hasattr(item, "savefig"):
@@ -154,8 +188,15 @@ def report_html(sections: Sequence[Section], title: str = "mlx-circuits report")
     for i, s in enumerate(sections, start=1):
         if not isinstance(s, Section):
             raise VizError(f"sections must be Section objects, got {type(s).__name__}")
-        toc.append(f'<li><a href="#s{i}">{esc(s.title)}</a></li>')
-        note = f'<p class="muted">{esc(s.note)}</p>' if s.note else ""
+        if s.status not in STATUSES:
+            raise VizError(f"section status must be one of {STATUSES}, got {s.status!r}")
+        flag = f" ({_STATUS_TEXT[s.status]})" if s.status else ""
+        toc.append(f'<li><a href="#s{i}">{esc(s.title)}</a>{esc(flag)}</li>')
+        note = ""
+        if s.status:
+            note = f'<p class="muted"><strong>{esc(_STATUS_TEXT[s.status].capitalize())}:</strong> {esc(s.note)}</p>'
+        elif s.note:
+            note = f'<p class="muted">{esc(s.note)}</p>'
         body.append(f'<section id="s{i}"><h2>{esc(s.title)}</h2>{note}'
                     f'{"".join(render_item(it) for it in s.items)}</section>')
     return page(title, f"<h1>{esc(title)}</h1><ol>{''.join(toc)}</ol>{''.join(body)}")
@@ -191,5 +232,5 @@ def standard_sections(circuit=None, tables: Mapping[str, pd.DataFrame] | None = 
     return out
 
 
-__all__ = ["Links", "Section", "Svg", "clean_svg", "render_item", "report_html", "standard_sections",
-           "write_report"]
+__all__ = ["Heading", "Links", "Note", "STATUSES", "Section", "Svg", "clean_svg", "render_item", "report_html",
+           "standard_sections", "write_report"]

@@ -1,70 +1,96 @@
 """``circuits report``: one offline HTML report from a run directory.
 
-Reads whatever a run left in ``--run`` (``circuit/`` or ``circuit.svg``,
-``dictionary_metrics.csv``, ``validation.json``, ``faithfulness_curve.csv``,
-``ig_vs_patching.csv``, ``benchmark.csv``, ``dashboards/``) and writes
-``report.html`` with the sections it can fill.
+Algorithm:
+  1. Check ``--run`` (a readable directory) and ``--out`` (default
+     ``RUN/report.html``) before any work: ``--out`` must be an ``.html`` file path,
+     not a directory nor one of the run's artifacts, in a writable place; an existing
+     file is refused unless ``--overwrite``.
+  2. ``circuits.pipeline.run_report.collect_report`` walks ``--run`` for ``run.json``
+     manifests and known artifact files (the quick-start layout ``out/tc``,
+     ``out/eval``, ``out/graph``, ``out/circuit``, ``out/val``, ``out/features``,
+     ``out/bench``, ``out/components``, and the demo's ``out/``), follows manifest
+     inputs that live elsewhere, and fills the sections: dictionary quality, circuit
+     (with its figure), prune scores, feature-circuit validation, component
+     validation, benchmark, feature dashboards, run manifests.
+  3. A section with nothing says so, with the command that makes it ("not found —
+     run `circuits bench --out out/bench`"), in the page and on stdout.
+  4. A corrupt input (truncated CSV, invalid JSON, a manifest naming a missing
+     file) stops the report with one line naming the file and the fix; with
+     ``--keep-going`` its section is marked ``unreadable: FILE: REASON`` instead and
+     the report is written. Nothing found at all is an error.
+  5. The page is built in memory and written atomically; stdout lists every
+     section's status (``--json``: one object).
 """
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
+from circuits.cli._common import CLIError
 from circuits.cli._out import emit
+
+CHECKS_OUT_ITSELF = True
+"""``--out`` is a report file, not an output directory: ``main`` leaves it to ``check_report_out``."""
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="write a self-contained HTML report from a run directory")
-    p.add_argument("--run", type=Path, default=Path("out"), help="directory of a demo/CLI run")
-    p.add_argument("--out", type=Path, default=None, help="report path (default RUN/report.html)")
+    p.add_argument("--run", type=Path, default=Path("out"),
+                   help="directory the commands wrote into (searched a few levels deep for run.json and artifacts)")
+    p.add_argument("--out", type=Path, default=None, help="report file (default RUN/report.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report file")
+    p.add_argument("--keep-going", action="store_true",
+                   help="mark sections whose files are corrupt as unreadable instead of failing")
     p.add_argument("--config", type=Path, default=None, help="TOML or JSON options file")
 
 
-def collect_sections(run: Path):
-    import pandas as pd
+def check_report_out(out: Path, overwrite: bool) -> Path:
+    """Refuse an unusable report path before any work (module docstring, step 1)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise CLIError(f"--out {out} is not an .html file path; pass e.g. {out / 'report.html'}"
+                       if not out.suffix else f"--out {out} must end in .html (the report is one HTML page)")
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a directory; pass a file path such as {out / 'report.html'}")
+    if out.exists() and not overwrite:
+        raise CLIError(f"report {out} already exists; pass --overwrite to replace it, or choose another --out")
+    anc = out.parent
+    while not anc.exists() and anc.parent != anc:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise CLIError(f"--out {out}: {anc} is a file, not a directory; choose another --out")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: {anc} is not writable; choose a writable --out")
+    return out
 
-    from circuits.pipeline.demo import scalar_table
-    from viz.plots import faithfulness_curves, predicted_vs_measured
-    from viz.report import standard_sections
 
-    if not run.is_dir():
-        raise FileNotFoundError(f"run directory {run} does not exist; run `circuits demo` first")
-    circuit = run / "circuit.svg" if (run / "circuit.svg").exists() else None
-    if circuit is None and (run / "circuit" / "graph.json").exists():
-        from attribution.graph import Graph
-
-        circuit = Graph.load(run / "circuit")
-    tables = {}
-    for name, title in (("dictionary_metrics.csv", "Dictionary quality"),
-                        ("benchmark.csv", "Benchmark"), ("bench/benchmark.csv", "Benchmark")):
-        if (run / name).exists():
-            tables[title] = scalar_table(pd.read_csv(run / name))
-    if (run / "validation.json").exists():
-        v = json.loads((run / "validation.json").read_text())
-        fig = v.get("figures", v)
-        tables["Validation"] = pd.DataFrame({"figure": list(fig), "value": [str(x) for x in fig.values()]})
-    faith = scatter = None
-    if (run / "faithfulness_curve.csv").exists():
-        c = pd.read_csv(run / "faithfulness_curve.csv")
-        c = c.assign(method="influence ranking", pct=c["fraction"] * 100)
-        faith = faithfulness_curves(c[["method", "pct", "faithfulness"]],
-                                    title="Feature-circuit faithfulness (counterfactual patching)",
-                                    xlabel="graph nodes kept, by influence (%)")
-    if (run / "ig_vs_patching.csv").exists():
-        a = pd.read_csv(run / "ig_vs_patching.csv")
-        scatter = predicted_vs_measured(a["ig"], a["patching"], title="IG vs exact patching")
-    links = {"feature dashboards": "dashboards/index.html"} if (run / "dashboards" / "index.html").exists() else None
-    if not (circuit is not None or tables or faith is not None):
-        raise FileNotFoundError(f"{run} holds no circuit, tables or curves to report")
-    return standard_sections(circuit=circuit, tables=tables, faithfulness=faith, scatter=scatter,
-                             dashboards=links, ablation="counterfactual")
+def _line(s) -> str:
+    """One summary line of a section (found: its sources; missing: the command; unreadable: why)."""
+    if s.status == "found":
+        text = "found: " + ", ".join(s.sources) if s.sources else s.detail or "found"
+    elif s.status == "missing":
+        text = f"not found — {s.detail.split(' — ', 1)[-1]}" if " — " in s.detail else f"not found — {s.detail}"
+    else:
+        text = s.detail
+    return f"  {s.title + ':':28s} {text}"
 
 
 def run(args) -> int:
+    from circuits.pipeline.run_report import SECTIONS, check_run_dir, collect_report
     from viz.report import write_report
 
-    out = args.out or args.run / "report.html"
-    write_report(out, collect_sections(args.run), title=f"mlx-circuits report: {args.run}")
-    emit(args, {"report": str(out)}, [f"wrote {out}"])
+    run_dir = check_run_dir(args.run)
+    out = check_report_out(args.out if args.out is not None else run_dir / "report.html", args.overwrite)
+    rep = collect_report(run_dir, out, keep_going=args.keep_going)
+    write_report(out, rep.sections, title=f"mlx-circuits report: {run_dir}")
+    lines = [f"wrote {out} ({rep.found} of {len(SECTIONS)} result sections found)"]
+    for s in rep.summary:
+        lines.append(_line(s))
+        if s.status == "found":
+            lines += [f"    {p}" for p in s.problems]
+    record = {"report": str(out), "found": rep.found,
+              "sections": [{"title": s.title, "status": s.status, "sources": list(s.sources),
+                            "detail": s.detail, "problems": list(s.problems)} for s in rep.summary]}
+    emit(args, record, lines)
     return 0

@@ -269,7 +269,7 @@ def rerun_command(manifest: Manifest) -> str:
     """The command line that rewrites ``manifest``'s directory: its argv without the
     global output flags, plus ``--overwrite`` (the directory exists)."""
     argv = [a for a in manifest.argv if a not in _GLOBAL_FLAGS]
-    if manifest.command not in ("render", "report", "demo", "organism", "doctor") and "--overwrite" not in argv:
+    if manifest.command not in ("render", "report", "organism", "doctor") and "--overwrite" not in argv:
         argv.append("--overwrite")
     return "circuits " + shlex.join(argv) if argv else f"circuits {manifest.command}"
 
