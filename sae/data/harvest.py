@@ -1,13 +1,17 @@
 """Harvesting activations from a model (uses ``attribution``'s model-access API).
 
-1. Texts come from a .txt file (one document per line), .jsonl / .parquet (a
-   ``text`` column, via pandas) or any iterable of strings.
+1. Texts come from a file path (.jsonl / .json / .parquet, any case: a ``text`` column
+   via pandas; any other suffix: UTF-8 text, one document per line) or any iterable
+   of strings. A string is always a path.
 2. Each text is tokenised with ``model.encode`` and the tokens are packed into
    contexts of ``context_len`` (documents concatenated; BOS kept where the
    tokenizer puts it).
 3. ``capture(model, tokens [B,T], sites)`` runs one forward that stops after the
    deepest site; activations are flattened to [B*T, d], optionally dropping
-   position 0 / BOS tokens.
+   position 0 / BOS tokens. The first chunk is checked finite
+   (``attribution.check_finite``) so a broken model fails before any training.
+   When nothing can be packed the error says why: no documents at all, or fewer
+   tokens in the whole corpus than one context needs.
 4. ``harvest_source`` wraps this in a ``StreamSource`` (mixing buffer, outliers);
    its data-parallel shards read documents i with i % world == rank.
 """
@@ -24,25 +28,57 @@ from sae.data.source import StreamSource
 from sae.errors import EmptyDatasetError, FormatError
 
 
+STRUCTURED = (".jsonl", ".ndjson", ".json", ".parquet")
+"""Suffixes (compared case-insensitively) read as tables with a ``text`` column; any
+other file is plain text, one document per non-blank line."""
+
+
 def read_texts(src: str | Path | Iterable[str], column: str = "text") -> Iterator[str]:
-    """Documents from a path (.txt/.jsonl/.json/.parquet) or an iterable of strings."""
-    if isinstance(src, (str, Path)) and Path(src).suffix in (".txt", ".jsonl", ".json", ".parquet"):
-        import pandas as pd
-        p = Path(src)
-        if not p.exists():
-            raise FormatError(f"text file {p} does not exist")
-        if p.suffix == ".txt":
-            yield from (ln for ln in p.read_text().splitlines() if ln.strip())
-            return
-        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_json(p, lines=p.suffix == ".jsonl")
-        if column not in df.columns:
-            raise FormatError(f"{p} has no {column!r} column (columns: {list(df.columns)})")
-        yield from (str(t) for t in df[column])
-        return
-    if isinstance(src, str):
-        yield src
+    """Documents from a file path (str or Path: always a path, never the text itself) or
+    from an iterable of strings.
+
+    .jsonl/.ndjson/.json/.parquet (any case) are read as tables with a ``column``
+    column; every other file, whatever its suffix (.txt, .md, .csv, none), is UTF-8 text
+    with one document per non-blank line. A missing path, a directory, undecodable bytes
+    or a table without the column raise ``FormatError`` naming the file."""
+    if isinstance(src, (str, Path)):
+        yield from _read_file(Path(src), column)
         return
     yield from src
+
+
+def _read_file(p: Path, column: str) -> Iterator[str]:
+    if not p.exists():
+        raise FormatError(f"text file {p} does not exist")
+    if p.is_dir():
+        raise FormatError(f"{p} is a directory; give a text file (.txt, .jsonl, .parquet, ...)")
+    suffix = p.suffix.lower()
+    if suffix not in STRUCTURED:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{p} is not UTF-8 text (bad byte at offset {e.start}); convert it "
+                              "to UTF-8 or give a .jsonl/.parquet file with a text column") from None
+        except OSError as e:
+            raise FormatError(f"cannot read {p}: {e.strerror or e}") from None
+        yield from (ln for ln in text.splitlines() if ln.strip())
+        return
+    import pandas as pd
+
+    try:
+        if suffix == ".parquet":
+            df = pd.read_parquet(p)
+        else:
+            df = pd.read_json(p, lines=suffix in (".jsonl", ".ndjson"))
+    except ImportError as e:
+        raise FormatError(f"reading {p} needs a parquet engine ({e}); pip install pyarrow, "
+                          "or give the corpus as .jsonl") from None
+    except Exception as e:  # pandas raises ValueError / ArrowInvalid / ... for bad files
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"{p} is not a valid {suffix.lstrip('.')} file ({first})") from None
+    if column not in df.columns:
+        raise FormatError(f"{p} has no {column!r} column (columns: {list(df.columns)})")
+    yield from (str(t) for t in df[column])
 
 
 def pack_tokens(model, texts: Iterable[str], context_len: int, bos_id: int | None = None
@@ -73,19 +109,59 @@ def harvest(model, texts, sites: Sequence, *, context_len: int = 128, batch_size
     sites = [Site.parse(s) for s in sites]
     if bos_id is None:
         bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    count = _Counter(model)
     ctxs: list[np.ndarray] = []
-    got = False
-    for ctx in pack_tokens(model, read_texts(texts), context_len, bos_id):
+    n_chunks = 0
+    for ctx in pack_tokens(count, count.docs(read_texts(texts)), context_len, bos_id):
         ctxs.append(ctx)
         if len(ctxs) == batch_size:
-            got = True
-            yield _capture_chunk(capture, mx, model, np.stack(ctxs), sites, drop_bos, bos_id)
-            ctxs = []
+            yield _checked(n_chunks, _capture_chunk(capture, mx, model, np.stack(ctxs), sites,
+                                                    drop_bos, bos_id))
+            n_chunks, ctxs = n_chunks + 1, []
     if ctxs:
-        got = True
-        yield _capture_chunk(capture, mx, model, np.stack(ctxs), sites, drop_bos, bos_id)
-    if not got:
-        raise EmptyDatasetError(f"no context of {context_len} tokens could be packed from the texts")
+        yield _checked(n_chunks, _capture_chunk(capture, mx, model, np.stack(ctxs), sites,
+                                                drop_bos, bos_id))
+        n_chunks += 1
+    if not n_chunks:
+        raise _too_short(count, context_len, bos_id)
+
+
+class _Counter:
+    """Counts the documents and tokens that go into ``pack_tokens`` (for the error message)."""
+
+    def __init__(self, model):
+        self.model, self.n_docs, self.n_tokens = model, 0, 0
+
+    def docs(self, texts):
+        for t in texts:
+            self.n_docs += 1
+            yield t
+
+    def encode(self, text):
+        ids = self.model.encode(text)
+        self.n_tokens += len(ids)
+        return ids
+
+
+def _too_short(count: _Counter, context_len: int, bos_id) -> EmptyDatasetError:
+    if count.n_docs == 0:
+        return EmptyDatasetError("the corpus holds no documents (an empty file or an empty list "
+                                 "of texts); give a corpus with text in it")
+    need = context_len - 1 if bos_id is not None else context_len
+    return EmptyDatasetError(
+        f"the corpus is too short: {count.n_docs} document(s) with {count.n_tokens} tokens in "
+        f"all, but one context of {context_len} tokens needs {need}; give a longer corpus")
+
+
+def _checked(i: int, chunk: dict) -> dict:
+    if i == 0:  # the first chunk only: a model that yields NaN/inf does so at once
+        from attribution import check_finite
+
+        for s, a in chunk.items():
+            check_finite(f"activations at {s}", a,
+                         fix="the model computes NaN/inf on this corpus; check its weights "
+                             "(circuits doctor) or load it in float32")
+    return chunk
 
 
 def _capture_chunk(capture, mx, model, tokens: np.ndarray, sites, drop_bos, bos_id) -> dict:

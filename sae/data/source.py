@@ -8,7 +8,9 @@ An ``ActivationSource`` has ``sites`` and ``dims`` and a
   2. ``StreamSource``: chunks from a re-iterable factory go through a shuffled
      mixing buffer: fill to capacity, shuffle, emit batches until half is left,
      refill (B2); optional drop of tokens whose norm exceeds ``outlier_factor`` x
-     the median (any site). The factory is called again when a pass ends.
+     the median (any site). The factory is called again when a pass ends. A pass
+     without a single token raises ``EmptyDatasetError`` naming the stage that lost
+     them: no chunks at all, chunks without tokens, or every token dropped as an outlier.
 Both are deterministic given the seed, so a resumed run replays the same batches.
   3. ``shard(rank, world)`` (data-parallel training) returns this rank's part:
      ``ArraySource`` -> rows [rank*b, (rank+1)*b) of each global batch of b*world rows
@@ -132,9 +134,11 @@ class StreamSource:
     def _stream(self) -> Iterator[dict]:
         passes = 0
         while self.max_passes is None or passes < self.max_passes:
-            got = False
+            got, n_chunks, n_rows = False, 0, 0
             for chunk in self.chunks():
                 c = _as_site_dict({s: chunk[s] for s in self.sites})
+                n_chunks += 1
+                n_rows += next(iter(c.values())).shape[0]
                 if self.outlier_factor:
                     c = drop_outliers(c, self.outlier_factor)
                 for s, a in c.items():
@@ -143,8 +147,17 @@ class StreamSource:
                 if next(iter(c.values())).shape[0]:
                     got = True
                     yield c
-            if not got:
-                raise EmptyDatasetError("the activation stream produced no tokens")
+            if not got:  # say which stage lost the tokens
+                if n_chunks == 0:
+                    raise EmptyDatasetError("the activation stream produced no chunks "
+                                            "(an empty corpus or cache)")
+                if n_rows == 0:
+                    raise EmptyDatasetError(
+                        f"the activation stream's {n_chunks} chunk(s) held no tokens (each "
+                        "context was only BOS / position 0); use longer contexts")
+                raise EmptyDatasetError(
+                    f"every one of {n_rows} tokens was dropped as an outlier (norm > "
+                    f"{self.outlier_factor} x median); raise or disable outlier_factor")
             passes += 1
 
     def batches(self, batch_tokens: int, seed: int) -> Iterator[Batch]:

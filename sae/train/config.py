@@ -116,13 +116,28 @@ class TrainConfig:
             object.__setattr__(self, "targets", tg)
         if self.width is None and self.expansion is None:
             raise ConfigError("give width or expansion")
-        if self.width is not None and self.width < 1:
-            raise ConfigError(f"width must be >= 1, got {self.width}")
+        # counts: integers (bool is not a count), each with its lower bound; checked before
+        # any arithmetic so a wrong type never surfaces as a TypeError / ZeroDivisionError
+        for name, low in (("width", 1), ("k", 1), ("total_tokens", 1), ("batch_tokens", 1),
+                          ("log_every", 1), ("dead_tokens", 1), ("warmup_steps", 0), ("seed", 0),
+                          ("resample_every", 1), ("k_aux", 1)):
+            v = getattr(self, name)
+            if v is None and name in ("width", "resample_every", "k_aux"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
+        for name in ("expansion", "lr"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not 0 <= v < math.inf or (name == "expansion" and v == 0)):
+                raise ConfigError(f"{name} must be a finite number {'>= 0' if name == 'lr' else '> 0'}, "
+                                  f"got {v!r}")
         if self.width is not None and self.arch in ("topk", "batchtopk", "matryoshka") \
                 and self.kind != "clt" and self.k > self.width:
             raise ConfigError(f"k={self.k} exceeds width={self.width}")
-        if self.k < 1 or self.batch_tokens < 1 or self.total_tokens < self.batch_tokens:
-            raise ConfigError("need k >= 1, batch_tokens >= 1 and total_tokens >= batch_tokens")
+        if self.total_tokens < self.batch_tokens:
+            raise ConfigError(f"total_tokens={self.total_tokens} is below batch_tokens="
+                              f"{self.batch_tokens}: not one step; raise total_tokens")
         if not 0 <= self.decay_frac <= 1 or not 0 <= self.sparsity_warmup_frac <= 1:
             raise ConfigError("decay_frac and sparsity_warmup_frac must lie in [0, 1]")
         if self.decoder not in ("auto", "dense", "sparse"):

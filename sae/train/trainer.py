@@ -3,14 +3,22 @@
 1. Draw the first batch; per site compute the normalisation scale
    s = sqrt(d) / mean ||x|| (B2) and initialise every dictionary from it
    (b_dec = geometric median / mean, W_enc = W_dec^T).
-2. Optionally restore a checkpoint and skip the batches it already consumed
-   (sources are deterministic given the seed, so resume == uninterrupted run).
+2. With ``resume``: read the checkpoint's metadata before any data and refuse a run whose
+   configs or ``run_info`` differ from the recorded ones (``ResumeMismatchError`` naming
+   each field, old -> new); after the first batch refuse other normalisation scales (other
+   data); then restore the state and skip the batches it already consumed (sources are
+   deterministic given the seed, so resume == uninterrupted run). The metrics log keeps
+   its rows up to the checkpoint's step (rows logged after it are written again).
 3. Each step: check the batch is finite on the host (raise ``NonFiniteError`` with
    the step, before any update, keeping the last checkpoint), scale it, run every
    trainee's step (LR: warm-up then linear decay over the last ``decay_frac``;
    sparsity coefficient warm-up), then ``mx.eval`` the new state (no host reads).
 4. Every ``log_every`` steps read the metric sums, log a JSONL row, call the
    progress callback, switch AuxK on when latents are dead, resample if asked.
+   The logged ``dead_frac`` follows ``sae.evaluate.dead_fraction``: the fraction of
+   latents that fired on none of the last ``dead_window`` = min(dead_tokens, tokens
+   seen) tokens (so a short run reports latents silent since the start; AuxK and
+   resampling still wait for the full ``dead_tokens``).
 5. Every ``checkpoint_every`` steps write an atomic checkpoint.
 6. Return the dictionaries folded back to raw units.
 Data parallel (``distributed``; launched with ``mlx.launch``): each rank reads its
@@ -31,7 +39,15 @@ import numpy as np
 from attribution.allocator import keep_freed_memory
 from sae.data.source import ArraySource
 from sae.errors import ConfigError, EmptyDatasetError, NonFiniteError
-from sae.train.checkpoint import load_checkpoint, save_checkpoint
+from sae.evaluate import dead_fraction
+from sae.train.checkpoint import (
+    check_resume,
+    check_scales,
+    config_record,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from sae.train.config import TrainConfig
 from sae.train.distributed import (
     agree,
@@ -96,7 +112,8 @@ def _scales(batch: dict, normalize: bool) -> dict:
 
 def train(source, configs, model_configs=None, *, callback: Callable | None = None,
           log_path=None, checkpoint_dir=None, checkpoint_every: int | None = None,
-          resume: bool = False, distributed=None, **harvest_kw) -> TrainResult:
+          resume: bool = False, distributed=None, run_info: dict | None = None,
+          **harvest_kw) -> TrainResult:
     """Train every dictionary of ``configs`` (one TrainConfig or a sequence) on ``source``.
 
     ``source`` is an ActivationSource or a {Site: [N, d]} mapping. The form
@@ -105,14 +122,18 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
     must agree on batch_tokens, total_tokens, seed and normalize.
     ``log_path`` gets the logged metric rows: JSON lines, or CSV when it ends in ``.csv``.
     ``callback(TrainProgress)`` may raise to stop the run; with ``checkpoint_dir``
-    and ``resume=True`` a later call continues it, bit-identically.
+    and ``resume=True`` a later call continues it, bit-identically (without a checkpoint
+    there it starts from scratch). ``run_info``: JSON-able facts outside the configs that
+    decide the data (model, corpus, ...), stored in the checkpoint; a resume with other
+    configs or run_info raises ``ResumeMismatchError`` before reading any data.
     ``distributed``: None trains data-parallel when ``mx.distributed.init()`` finds more
     than one process (True requires it, False never, or pass a Group); every rank makes
     the same call; the callback runs on every rank with metrics averaged over ranks and must
     decide alike everywhere (a stop raised on one rank only leaves the others waiting).
     """
     run_kw = dict(callback=callback, log_path=log_path, checkpoint_dir=checkpoint_dir,
-                  checkpoint_every=checkpoint_every, resume=resume, distributed=distributed)
+                  checkpoint_every=checkpoint_every, resume=resume, distributed=distributed,
+                  run_info=run_info)
     if model_configs is not None:
         from sae.train.from_model import train_on_model
         return train_on_model(source, configs, model_configs, **harvest_kw, **run_kw)
@@ -132,6 +153,12 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
                               "total_tokens, seed and normalize")
     for c in cfgs:
         _check_sizes(c, source.dims)
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or
+                                         not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ConfigError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    state = read_state(checkpoint_dir) if resume and checkpoint_dir is not None else None
+    if state is not None:  # before any data is read: a changed config fails fast
+        check_resume(checkpoint_dir, state, cfgs, run_info)
     group = resolve_group(distributed)
     local_tokens = local_batch_tokens(c0.batch_tokens, group)
     if group is not None:
@@ -145,12 +172,13 @@ def train(source, configs, model_configs=None, *, callback: Callable | None = No
     for c in cfgs:  # the init key depends on the config's seed only, so sweeps == solo runs
         trainees += build_trainees(c, source.dims, norm_first, mx.random.key(c.seed))
     start, use_aux = 0, [False] * len(trainees)
-    if resume and checkpoint_dir is not None:
+    if state is not None:
+        check_scales(checkpoint_dir, state, scales)
         state = load_checkpoint(checkpoint_dir, trainees)
-        if state is not None:
-            start, use_aux = int(state["step"]), list(state.get("use_aux", use_aux))
+        start, use_aux = int(state["step"]), list(state.get("use_aux", use_aux))
+    extra = {"configs": [config_record(c) for c in cfgs], "run": run_info}
     history = _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_path,
-                   checkpoint_dir, checkpoint_every, group)
+                   checkpoint_dir, checkpoint_every, group, extra)
     dicts = [_fold(t, scales) for t in trainees]
     return TrainResult(dicts, [t.name for t in trainees], history, scales, c0.steps)
 
@@ -200,13 +228,13 @@ def _next_batch(it, group, step: int, what: str = "ran out"):
 
 
 def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_path, ckpt_dir,
-         ckpt_every, group=None):
+         ckpt_every, group=None, extra=None):
     total, history = c0.steps, []
     steps = [make_step(t, group) for t in trainees]
     for t in trainees:
         t.sums = {m: mx.array(0.0) for m in METRICS}
     lead = group is None or group.rank() == 0  # only rank 0 writes files
-    log_file = MetricsLog(log_path) if log_path and lead else None
+    log_file = MetricsLog(log_path, keep_through=start) if log_path and lead else None
     it = _chain(first, batches)
     try:
         for _ in range(start):  # replay the data order of the interrupted run
@@ -225,7 +253,8 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
             if ckpt_dir is not None and ckpt_every and (done % ckpt_every == 0 or done == total):
                 _check_finite(trainees, step)
                 if lead:
-                    save_checkpoint(ckpt_dir, trainees, done, scales, {"use_aux": use_aux})
+                    save_checkpoint(ckpt_dir, trainees, done, scales,
+                                    {"use_aux": use_aux, **(extra or {})})
             if done % c0.log_every == 0 or done == total:
                 rows = _log(trainees, done, c0.batch_tokens, n_in_interval, use_aux, step)
                 n_in_interval = 0
@@ -242,17 +271,35 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
 
 
 class MetricsLog:
-    """Appends logged rows to ``path``: CSV when it ends in ``.csv`` (header written once,
-    also across resumes), JSON lines otherwise."""
+    """Writes logged rows to ``path``: CSV when it ends in ``.csv`` (header written once,
+    also across resumes), JSON lines otherwise.
 
-    def __init__(self, path) -> None:
+    ``keep_through``: rows of an earlier run with ``step <= keep_through`` are kept and the
+    rest dropped (a resume from step s keeps the log up to s; rows logged after the
+    checkpoint are written again by the resumed run); 0 starts a fresh file."""
+
+    def __init__(self, path, keep_through: int = 0) -> None:
         from pathlib import Path
 
         self.path = Path(path)
         self.csv = self.path.suffix.lower() == ".csv"
-        self._needs_header = not self.path.exists() or self.path.stat().st_size == 0
-        self._f = open(self.path, "a", newline="")
+        kept = self._kept_lines(keep_through) if keep_through > 0 and self.path.exists() else []
+        self._f = open(self.path, "w", newline="")
+        self._f.writelines(kept)
+        self._needs_header = not kept
         self._writer = None
+
+    def _kept_lines(self, keep_through: int) -> list[str]:
+        lines = self.path.read_text().splitlines(keepends=True)
+        if self.csv:
+            import csv
+
+            if not lines:
+                return []
+            col = next(csv.reader(lines[:1])).index("step")
+            body = [ln for ln in lines[1:] if int(next(csv.reader([ln]))[col]) <= keep_through]
+            return lines[:1] + body
+        return [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= keep_through]
 
     def write(self, rows: list) -> None:
         if self.csv:
@@ -318,9 +365,11 @@ def _log(trainees, done, batch_tokens, n, use_aux, step) -> list[dict]:
         vals = {k: float(v) / max(n, 1) for k, v in t.sums.items()}
         if not math.isfinite(vals["loss"]):
             raise NonFiniteError(f"{t.name}: loss became non-finite by step {step}", step)
-        dead = float((t.tsf >= t.cfg.dead_tokens).astype(mx.float32).mean())
-        use_aux[j] = dead > 0 and t.cfg.arch in ("topk", "batchtopk", "matryoshka")
+        tsf = np.array(t.tsf)
+        aux_dead = bool((tsf >= t.cfg.dead_tokens).any())  # AuxK waits for the full window
+        use_aux[j] = aux_dead and t.cfg.arch in ("topk", "batchtopk", "matryoshka")
+        window = min(t.cfg.dead_tokens, done * batch_tokens)
         rows.append({"step": done, "tokens": done * batch_tokens, "name": t.name,
-                     "dead_frac": dead, **vals})
+                     "dead_frac": dead_fraction(tsf, window), "dead_window": window, **vals})
         t.sums = {k: mx.array(0.0) for k in t.sums}
     return rows

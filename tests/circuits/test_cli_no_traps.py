@@ -280,3 +280,33 @@ def test_small_denominator_warns(d, capsys, tmp_path, monkeypatch):
     assert code == 0
     assert err.count("warning:") == 1 and "noise" in err and len(err.strip().splitlines()) == 1
     assert "noise" in json.loads((tmp_path / "v" / "validation.json").read_text())["warning"]
+
+
+def _perturbed_copy(src, dst):
+    """The same architecture and shapes with one norm weight changed: another model."""
+    import mlx.core as mx
+
+    shutil.copytree(src, dst)
+    (dst / "card.json").unlink()
+    for f in dst.glob("*.safetensors"):
+        w = mx.load(str(f))
+        key = next((k for k in w if k.endswith("norm.weight")), None)
+        if key is not None:
+            w[key] = w[key] * 1.5
+            mx.save_safetensors(str(f), w)
+            return
+    raise AssertionError("no norm weight found")
+
+
+def test_dictionaries_of_another_model_refused_or_forced(d, capsys, tmp_path):
+    from circuits import organisms
+
+    other = tmp_path / "other"
+    _perturbed_copy(organisms.path("ioi"), other)
+    argv = ["attribute", "--model", other, "--dicts", d / "tc" / "dictionaries", "--prompt", "Then, Mary went"]
+    code, _, err = cli(capsys, *argv, "--out", tmp_path / "g")
+    assert code == 1 and "trained on model" in err and "--force" in err and not (tmp_path / "g").exists()
+    code, _, err = cli(capsys, *argv, "--force", "--out", tmp_path / "g")
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("circuits: warning:") and "trained on model" in lines[0]
