@@ -9,14 +9,24 @@
    |sum| below ``style.min_abs_weight``; keep the ``style.max_edges`` strongest by
    |sum| (display only, noted in the legend); order edges by (source, target) draw order.
 4. Rows: embeddings, every layer that has a node, logits; columns: token positions,
-   labelled by the token row (``metadata['tokens']`` fills positions without a token node).
+   labelled by the token row; a position without a token node is labelled with
+   ``metadata['tokens']`` when it holds strings, else the token text its feature and
+   error nodes carry (``build_graph`` stores ids in metadata).
    Within a (layer, position) cell: features by feature id, then supernodes, errors,
    logits (in graph order).
 5. Node labels: feature ``L{layer} · #{id}``, description (``label`` column, else
    ``descriptions[key]``), activation; error ``err L{layer}`` and its norm; token text
    and position; logit token and probability.
 6. Lay out with ``_layout.layout_dot`` (fixed grid positions) and append a legend
-   (shapes, colours, widths, method/ablation from metadata, "showing N of M edges").
+   (title, the target the graph explains, shapes, colours, widths, method/ablation from
+   metadata, "showing the N strongest of M edges").
+
+The target (``target_label``): ``metadata["target"]["label"]`` when the attribute command
+recorded one (e.g. ``logit(" Kate") − logit(" Anna")``); otherwise derived from the logit
+nodes, so graphs saved before that key existed are named too: vocabulary logits as
+``top logits: " Kate" (p=0.41), ...``, a custom direction as its name and value
+(``logit_diff = 2.31``), the metric node of the patching-style methods as
+``<method> metric: <its targets> (clean value)``.
 """
 
 from __future__ import annotations
@@ -154,19 +164,31 @@ def _draw_edges(graph: Graph, ident: dict[int, str], order: dict[str, int],
 
 
 def _col_labels(graph: Graph, cols: set[int]) -> dict[int, str]:
+    """Token text of each column: ``metadata['tokens']`` when it holds strings, else (``build_graph``
+    stores token *ids* there) the node table, where every token, feature and error node carries
+    its position's token string (logit nodes carry their output token, so they are skipped)."""
+    text: dict[int, str] = {}
     tokens = graph.metadata.get("tokens")
-    if not isinstance(tokens, list):
-        return {}
-    return {p: show_token(str(tokens[p])) for p in sorted(cols) if 0 <= p < len(tokens)}
+    if isinstance(tokens, list):
+        text = {p: tok for p, tok in enumerate(tokens) if isinstance(tok, str) and tok}
+    t = graph.nodes
+    for kinds in (("token",), ("feature", "error")):
+        for p, tok, kind in zip(t["pos"].tolist(), t["token"].tolist(), t["type"].tolist()):
+            if kind in kinds and tok and int(p) not in text:
+                text[int(p)] = str(tok)
+    return {p: show_token(text[p]) for p in sorted(cols) if p in text}
 
 
-def legend_html(style: CircuitStyle, clip: float, title: str, notes: list[str], kinds: list[str]) -> str:
-    """Inner HTML-like label of the legend table (title, shapes, colours, widths, notes)."""
+def legend_html(style: CircuitStyle, clip: float, title: str, notes: list[str], kinds: list[str],
+                target: str = "") -> str:
+    """Inner HTML-like label of the legend table (title, target, shapes, colours, widths, notes)."""
     fs = fmt_num(style.font_size - 1)
     cells = "".join(f"<TD>{html_text(SHAPE_WORDS[k])} = {html_text(KIND_NAMES[k])}</TD>" for k in kinds)
     rows = []
     if title:
         rows.append(f'<TR><TD COLSPAN="{len(kinds)}" ALIGN="LEFT"><B>{html_text(title)}</B></TD></TR>')
+    if target:
+        rows.append(f'<TR><TD COLSPAN="{len(kinds)}" ALIGN="LEFT">target: <B>{html_text(target)}</B></TD></TR>')
     rows.append(f"<TR>{cells}</TR>")
     sign = (f'<FONT COLOR="{style.positive_color}"><B>━━ positive effect</B></FONT>   '
             f'<FONT COLOR="{style.negative_color}"><B>━━ negative effect</B></FONT>   '
@@ -179,16 +201,82 @@ def legend_html(style: CircuitStyle, clip: float, title: str, notes: list[str], 
             f'<TR><TD COLSPAN="{len(kinds)}"><FONT POINT-SIZE="{fs}"> </FONT></TD></TR>{"".join(rows)}</TABLE>')
 
 
+TARGET_TOKENS = 3
+"""Vocabulary logits named in a derived target label; the rest are counted ("+N more")."""
+
+
+def _quoted(tok: str) -> str:
+    # straight quotes keep a leading space visible: " Kate" vs "Kate"
+    return '"' + str(tok).replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+
+def _target_names(md: Mapping) -> str:
+    """The targets a patching metric was built from (``metadata["targets"]`` key strings)."""
+    names = []
+    for k in md.get("targets") or []:
+        parts = str(k).split(":", 2)
+        if len(parts) == 3 and parts[0] == "logit" and parts[2] != "metric":
+            names.append(f"token #{parts[2]}" if parts[2].lstrip("-").isdigit() else parts[2])
+    if len(names) <= 1:
+        return names[0] if names else "its targets"
+    more = f", … (+{len(names) - TARGET_TOKENS} more)" if len(names) > TARGET_TOKENS else ""
+    return "weighted " + ", ".join(names[:TARGET_TOKENS]) + more  # the metric sums targets by weight
+
+
+def target_label(graph: Graph) -> str:
+    """What the graph explains, in words (module docstring); "" when it has no logit node."""
+    md = graph.metadata
+    t = graph.nodes[graph.nodes["type"] == "logit"]
+    named = t[t["token_id"] < 0]
+    given = md.get("target")
+    if isinstance(given, Mapping) and isinstance(given.get("label"), str) and given["label"].strip():
+        label = " ".join(given["label"].split())
+        if len(named) == 1 and len(t) == 1:  # one direction: its clean value is worth showing
+            label += f" = {fmt_act(float(named['activation'].iat[0]))}"
+        return label
+    parts = []
+    vocab = t[t["token_id"] >= 0]
+    if len(vocab):
+        probs = vocab["logit_prob"].to_numpy()
+        # build_graph's default targets come in descending probability; chosen ids need not
+        head = "top logits" if bool((np.diff(probs) <= 0).all()) else "logits"
+        items = [f"{_quoted(tok)} (p={p:.2f})" for tok, p in zip(vocab["token"], probs)]
+        more = f", … (+{len(items) - TARGET_TOKENS} more)" if len(items) > TARGET_TOKENS else ""
+        parts.append(f"{head}: " + ", ".join(items[:TARGET_TOKENS]) + more)
+    for key, act in zip(named["key"], named["activation"]):
+        name = str(key).split(":", 2)[2]
+        if name == "metric":
+            method = md.get("method") if isinstance(md.get("method"), str) else "patching"
+            parts.append(f"{method} metric: {_target_names(md)} (clean {fmt_act(float(act))})")
+        else:
+            parts.append(f"{name} = {fmt_act(float(act))}")
+    return "; ".join(parts)
+
+
 def _notes(graph: Graph, style: CircuitStyle, shown: int, total: int) -> list[str]:
     md = graph.metadata
     parts = [f"{k}: {md[k]}" for k in ("model", "method", "ablation") if isinstance(md.get(k), (str, int, float))]
+    model = md.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("path"), str) and model["path"]:
+        # build_graph records {"path", "arch", ...}: the directory name identifies the model
+        parts.insert(0, f"model: {model['path'].rstrip('/').rsplit('/', 1)[-1]}")
     if shown < total:
-        parts.append(f"showing {shown} of {total} edges (strongest |weight|)")
+        parts.append(f"showing the {shown:,} strongest of {total:,} edges (by |weight|)")
     notes = [" · ".join(parts)] if parts else []
     if style.supernodes:
         notes.append("supernodes (bold): summed edges; " + (style.supernodes_auto + " (dashed)"
                                                             if style.supernodes_auto else "grouped by hand"))
     return notes
+
+
+def edge_counts(graph_or_circuit, style: CircuitStyle | None = None) -> tuple[int, int]:
+    """(edges drawn, edges before the ``max_edges`` cap) of ``to_dot`` with this style:
+    counted after supernode aggregation and the ``min_abs_weight`` filter, as in the legend."""
+    style = style or CircuitStyle()
+    graph = as_graph(graph_or_circuit)
+    _, ident, _, order = _draw_nodes(graph, style, {})
+    edges, total = _draw_edges(graph, ident, order, style)
+    return len(edges), total
 
 
 def to_dot(graph_or_circuit, style: CircuitStyle | None = None,
@@ -208,8 +296,9 @@ def to_dot(graph_or_circuit, style: CircuitStyle | None = None,
         kinds = [k for k in ("token", "feature", "error", "logit", "supernode") if any(n.kind == k for n in nodes)]
         clip = clip_value(np.abs(np.array([e.weight for e in edges], dtype=np.float64)), style)
         notes = _notes(graph, style, len(edges), total)
-        legend = legend_html(style, clip, shorten(title, 100), notes, kinds or ["feature"])
+        legend = legend_html(style, clip, shorten(title, 100), notes, kinds or ["feature"],
+                             target=shorten(target_label(graph), 140))
     return layout_dot("circuit", nodes, edges, row_labels, _col_labels(graph, cols), style, legend)
 
 
-__all__ = ["as_graph", "legend_html", "show_token", "to_dot"]
+__all__ = ["TARGET_TOKENS", "as_graph", "edge_counts", "legend_html", "show_token", "target_label", "to_dot"]

@@ -5,7 +5,8 @@ Public API:
      density, mean/max activation, histogram, top-k and quantile-sampled examples,
      logit effects, decoder neighbours and opposing directions (``stats``, ``examples``,
      ``geometry``).
-  2. ``feature_records(stats, vocab_or_model) -> list[dict]`` for ``viz.dashboard``.
+  2. ``feature_records(stats, vocab_or_model) -> list[dict]`` for ``viz.dashboard``;
+     token strings spaced as in a text (``token_strings``, ``vocab_strings``).
   3. ``top_features(model, dictionary, text)`` and ``feature_examples(...)`` (``text``).
   4. ``coactivation(...)`` over a dataset and ``coactivation_report(...)`` for circuit
      features, with ``benjamini_hochberg`` and one-sided Fisher tests (``coactivation``,
@@ -33,7 +34,7 @@ from sae.features.geometry import (
     decoder_geometry,
     logit_effects,
 )
-from sae.features.records import feature_records, vocab_strings
+from sae.features.records import feature_records
 from sae.features.report import (
     CoactivationReport,
     coactivation_matrix,
@@ -56,6 +57,7 @@ from sae.features.stream import (
     iter_latents,
 )
 from sae.features.text import check_feature, feature_examples, top_features
+from sae.features.tokens import token_strings, vocab_strings
 
 __all__ = [
     "Coactivation", "CoactivationConfig", "CoactivationReport", "DecoderGeometry",
@@ -65,6 +67,6 @@ __all__ = [
     "benjamini_hochberg", "check_dictionary", "check_feature", "coactivation",
     "coactivation_from_batches", "coactivation_matrix", "coactivation_report", "decoder_geometry",
     "feature_examples", "feature_records", "feature_stats", "fisher_greater", "fisher_less",
-    "iter_latents", "logit_effects", "report_tables", "top_features", "vocab_strings", "write_csv",
+    "iter_latents", "logit_effects", "report_tables", "token_strings", "top_features", "vocab_strings", "write_csv",
     "write_report_csv",
 ]

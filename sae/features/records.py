@@ -6,7 +6,9 @@ For each requested feature (``feature_records``):
      underflow bin [0, first edge) and an overflow bin [last edge, max] are added when
      they hold counts, so every firing activation is counted exactly once.
   3. top_examples / quantile_examples: window tokens as strings (padding dropped) with
-     the feature's activations; empty reservoir slots and empty bins are skipped.
+     the feature's activations, each token spaced as it reads in a text
+     (``tokens.vocab_strings``: " man", not "man", for a word-level tokenizer); empty
+     reservoir slots and empty bins are skipped.
   4. logit_effects: [[token string, effect], ...]; neighbours: [{"feature", "cosine"}].
   5. label: from ``labels`` when given.
 """
@@ -21,12 +23,9 @@ from sae.features.errors import FeatureIndexError
 from sae.features.examples import Examples
 from sae.features.stats import FeatureStats
 from sae.features.stream import PAD
+from sae.features.tokens import vocab_strings
 
 
-def vocab_strings(model) -> list[str]:
-    """The string of every token id of ``model``'s tokenizer (decoded one id at a time)."""
-    n = int(getattr(model, "vocab_size", 0) or len(model.tokenizer))
-    return model.to_str_tokens(list(range(n)))
 
 
 def _tok(vocab: Sequence[str], i: int) -> str:

@@ -5,12 +5,13 @@
      (``TruncationWarning``) and keep the first ``max_context`` tokens.
   2. One capture forward at the dictionary's site; encode the latents [T, m].
   3. Per position (BOS left out by default), the ``k`` largest activations above
-     ``threshold`` (``argpartition``) become rows (pos, token, feature, activation), sorted by position then activation.
+     ``threshold`` (``argpartition``) become rows (pos, token, feature, activation), sorted by position then activation;
+     tokens are spaced as in the text (``tokens.token_strings``).
 ``feature_examples``:
   1. Each text is one context (truncated with a warning as above); latents are streamed
      in batches through ``stream.iter_latents`` with BOS excluded.
   2. Per text, the feature's max activation and its position; texts are ranked by it and
-     a ±``window`` token excerpt around the max is returned.
+     a ±``window`` token excerpt around the max (decoded by the tokenizer) is returned.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sae.features.stream import (
     encode_batch,
     iter_latents,
 )
+from sae.features.tokens import token_strings
 
 
 def check_feature(dictionary, feature: int) -> int:
@@ -74,7 +76,7 @@ def top_features(model, dictionary, text, site: Site | str | None = None, k: int
     vals = np.take_along_axis(acts, part, axis=1)
     pos = np.broadcast_to(np.arange(acts.shape[0])[:, None], part.shape)
     keep = vals > threshold
-    strs = model.to_str_tokens(toks)
+    strs = token_strings(model, toks)
     df = pd.DataFrame({"pos": pos[keep], "token": [strs[p] for p in pos[keep]],
                        "feature": part[keep].astype(np.int64), "activation": vals[keep].astype(np.float64)})
     return df.sort_values(["pos", "activation"], ascending=[True, False], ignore_index=True)
@@ -99,7 +101,8 @@ def feature_examples(model, dictionary, texts, feature: int, site: Site | str | 
     out = []
     for tid, v, t, toks in rows[:n]:
         valid = toks[toks != PAD]
-        strs = model.to_str_tokens(valid[max(0, t - window):t + window + 1])
-        out.append({"text_id": tid, "max_activation": v, "pos": t, "token": model.to_str_tokens([valid[t]])[0],
-                    "excerpt": " ".join(strs)})
+        # the decoder joins the excerpt: a per-token " ".join doubled BPE spaces ("the  cat")
+        excerpt = model.decode(valid[max(0, t - window):t + window + 1]).strip()
+        out.append({"text_id": tid, "max_activation": v, "pos": t, "token": token_strings(model, [valid[t]])[0],
+                    "excerpt": excerpt})
     return pd.DataFrame(out, columns=["text_id", "max_activation", "pos", "token", "excerpt"])

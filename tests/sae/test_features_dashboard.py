@@ -8,6 +8,7 @@ from attribution import load_model
 from attribution.testing_dicts import random_dictionary
 from attribution.tiny import DEFAULT_WORDS, make_tiny_model
 from sae.features import (
+    token_strings,
     FeatureIndexError,
     FeatureStatsConfig,
     StreamConfig,
@@ -41,7 +42,7 @@ def test_records_round_trip_through_dashboards(setup, tmp_path):
         for ex in r["top_examples"]:
             assert max(ex["activations"]) <= r["max_activation"] + 1e-6
         assert [e["tokens"] for e in r["top_examples"]] == [
-            model.to_str_tokens(t[t >= 0]) for t, v in zip(st.top.tokens[f], st.top.values[f]) if np.isfinite(v)]
+            token_strings(model, t[t >= 0]) for t, v in zip(st.top.tokens[f], st.top.values[f]) if np.isfinite(v)]
         assert len(r["logit_effects"]["promoted"]) == 10 and len(r["neighbours"]) == 10
     assert recs[0]["label"] == "first" and recs[1]["label"] == ""
     paths = write_dashboards(recs, tmp_path / "dash")

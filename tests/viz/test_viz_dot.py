@@ -19,6 +19,7 @@ from viz_synthetic import make_circuit
 
 from attribution.graph import FeatureNode, Graph
 from viz import CircuitStyle, VizError, auto_supernodes, component_to_dot, to_dot
+from viz.dot import edge_counts, target_label
 from viz.errors import SchemaError
 from viz.style import NEGATIVE, POSITIVE
 
@@ -96,8 +97,90 @@ def test_max_edges_keeps_the_strongest(circuit):
     _, edges = parse(to_dot(circuit, CircuitStyle(max_edges=20)))
     strongest = ref.reindex(ref["weight"].abs().sort_values(ascending=False).index).head(20)
     assert set(edges) == set(zip(strongest["source"], strongest["target"]))
-    assert f"showing 20 of {len(ref)} edges" in to_dot(circuit, CircuitStyle(max_edges=20))
+    assert f"showing the 20 strongest of {len(ref)} edges" in to_dot(circuit, CircuitStyle(max_edges=20))
     assert "showing" not in to_dot(circuit, CircuitStyle(max_edges=len(ref)))
+    assert edge_counts(circuit, CircuitStyle(max_edges=20)) == (20, len(ref))
+    assert edge_counts(circuit) == (len(ref), len(ref))
+
+
+def test_edge_count_note_uses_thousands_separators():
+    g = make_circuit(n_layers=6, n_pos=12, per_layer=15, seed=0, fan_in=12)
+    assert g.n_edges > 1000
+    dot = to_dot(g, CircuitStyle(max_edges=120))
+    assert f"showing the 120 strongest of {g.n_edges:,} edges" in dot and "," in f"{g.n_edges:,}"
+    assert len(parse(dot)[1]) == 120
+    assert edge_counts(g, CircuitStyle(max_edges=120)) == (120, g.n_edges)
+
+
+def _legend_target(dot: str) -> str | None:
+    """The text of the legend's target row (HTML entities decoded), None when absent."""
+    import html
+
+    m = re.search(r"<TD[^>]*>target: <B>(.*?)</B></TD>", dot)
+    return html.unescape(m.group(1)) if m else None
+
+
+def _with_logits(logits, md_extra=None, method="exact"):
+    """A small graph whose logit nodes are ``logits``: (key, token, prob, activation)."""
+    from attribution.graph import TokenNode
+
+    keys = [TokenNode(0, 5), FeatureNode(0, 0, 7)] + [k for k, _, _, _ in logits]
+    n = len(keys)
+    rows = [1] + [2 + i for i in range(len(logits))]
+    cols = [0] + [1] * len(logits)
+    adj = sp.csr_matrix((np.linspace(0.5, 1.5, len(rows)), (rows, cols)), shape=(n, n))
+    md = {"n_layers": 1, "tokens": ["a"], "prompt": "a", "method": method, **(md_extra or {})}
+    return Graph.from_keys(keys, adj, [1.0, 2.0] + [a for _, _, _, a in logits], [1.0 / len(logits)] * len(logits),
+                           md, token=["a", ""] + [t for _, t, _, _ in logits],
+                           logit_prob=[0.0, 0.0] + [p for _, _, p, _ in logits])
+
+
+def test_target_label_from_metadata():
+    from attribution.graph import LogitNode
+
+    label = 'logit(" Kate") − logit(" Anna")'
+    g = _with_logits([(LogitNode(0, -1, "logit_diff"), "logit_diff", 0.0, 2.3125)],
+                     {"target": {"kind": "logit_diff", "answer": " Kate", "wrong": " Anna", "label": label}})
+    assert target_label(g) == label + " = 2.31"  # one direction: its clean value is shown
+    assert _legend_target(to_dot(g)) == label + " = 2.31"
+    top = _with_logits([(LogitNode(0, 11), " Kate", 0.41, 3.0), (LogitNode(0, 12), " Anna", 0.2, 2.0)],
+                       {"target": {"kind": "top_logits", "label": 'top logits: " Kate" (p=0.41), " Anna" (p=0.20)'}})
+    assert _legend_target(to_dot(top)) == 'top logits: " Kate" (p=0.41), " Anna" (p=0.20)'
+    # a blank recorded label falls back to the derived one
+    blank = _with_logits([(LogitNode(0, 11), " Kate", 0.41, 3.0)], {"target": {"kind": "top_logits", "label": " "}})
+    assert target_label(blank) == 'top logits: " Kate" (p=0.41)'
+
+
+def test_target_label_derived_for_old_graphs():
+    from attribution.graph import LogitNode
+
+    toks = [(" Kate", 0.41), (" Anna", 0.2), ("\n", 0.1), (" the", 0.05), (" a", 0.01)]
+    g = _with_logits([(LogitNode(0, 20 + i), t, p, 1.0) for i, (t, p) in enumerate(toks)])
+    assert target_label(g) == 'top logits: " Kate" (p=0.41), " Anna" (p=0.20), "\\n" (p=0.10), … (+2 more)'
+    assert _legend_target(to_dot(g)) == target_label(g)
+    chosen = _with_logits([(LogitNode(0, 11), " Anna", 0.2, 1.0), (LogitNode(0, 12), " Kate", 0.41, 1.0)])
+    assert target_label(chosen) == 'logits: " Anna" (p=0.20), " Kate" (p=0.41)'  # not by probability: not "top"
+    diff = _with_logits([(LogitNode(0, -1, "logit_diff"), "logit_diff", 0.0, -1.5)])
+    assert target_label(diff) == "logit_diff = -1.50"
+    metric = _with_logits([(LogitNode(0, -1, "metric"), "metric", 0.0, 0.75)],
+                          {"targets": ["logit:0:logit_diff"], "ablation": "counterfactual"}, method="atp")
+    assert target_label(metric) == "atp metric: logit_diff (clean 0.75)"
+    multi = _with_logits([(LogitNode(0, -1, "metric"), "metric", 0.0, 0.75)],
+                         {"targets": ["logit:0:523", "logit:0:87"]}, method="patching")
+    assert target_label(multi) == "patching metric: weighted token #523, token #87 (clean 0.75)"
+    real_md = _with_logits([(LogitNode(0, 11), " Kate", 0.41, 3.0)],
+                           {"model": {"path": "/models/shipped/ioi", "arch": "llama", "d_model": 64}})
+    assert "model: ioi · method: exact" in to_dot(real_md)
+    assert "target: " not in to_dot(Graph.from_keys([FeatureNode(0, 0, 1)], sp.csr_matrix((1, 1)), [1.0], [],
+                                                    {"n_layers": 1}))
+
+
+def test_target_label_is_escaped():
+    from attribution.graph import LogitNode
+
+    g = _with_logits([(LogitNode(0, 11), '<b>"&', 0.5, 1.0)])
+    dot = to_dot(g)
+    assert "&lt;b&gt;&quot;&amp;" in dot and "<b>" not in dot.split("target: ")[1].split("</TD>")[0][3:]
 
 
 def test_deterministic_and_order_independent(circuit):
@@ -227,3 +310,17 @@ def test_style_validation():
         CircuitStyle(page_size=(9, 0))
     s = CircuitStyle(supernodes={"a": [FeatureNode(0, 0, 1)]})
     assert dict(s.supernodes) == {"a": ("feat:0:0:1",)}
+
+
+def test_column_labels_from_nodes_when_metadata_holds_ids():
+    """``build_graph`` stores token ids in metadata['tokens']: a column whose token node was
+    pruned is labelled with the text its feature nodes carry, never with the id."""
+    from attribution.graph import LogitNode, TokenNode
+
+    keys = [TokenNode(0, 31), FeatureNode(0, 1, 4), FeatureNode(1, 2, 5), LogitNode(2, 41)]
+    adj = sp.csr_matrix(([1.0, 2.0, 0.5], ([1, 2, 3], [0, 1, 2])), shape=(4, 4))
+    g = Graph.from_keys(keys, adj, [1.0, 2.0, 3.0, 4.0], [1.0], {"n_layers": 2, "tokens": [2, 41, 6]},
+                        token=["<bos>", " Mary", "and", " John"], logit_prob=[0, 0, 0, 0.9])
+    dot = to_dot(g)
+    labels = dict(re.findall(r'^    "_col_(\d+)" \[shape="plaintext", label=<<I>(.*?)</I>>', dot, re.MULTILINE))
+    assert labels == {"1": "␣Mary", "2": "and"}  # not "41" / "6", and not the logit's " John"
