@@ -9,22 +9,40 @@ reads it. Residual-stream conventions:
                  identity otherwise; so ``W_U`` is linear in the norm output
                  only up to that elementwise cap.
 
+``load_model`` reads three kinds of directory, all through mlx-lm's model
+classes: mlx-lm directories (``mlx_lm.convert`` output) in float32, bfloat16
+or float16; mlx-lm quantized directories (config ``quantization``: affine 4-
+or 8-bit, ...); and Hugging Face ``transformers`` checkpoints (config.json +
+model.safetensors or shards with an index), converted in memory (``hf``).
+
 Algorithm (``load_model``):
   1. Check the path exists and holds config.json with a ``model_type`` that
-     mlx-lm has a model class for, safetensors weights and a tokenizer
-     vocabulary file; else raise a specific error naming the fix (before any
-     weight is read).
-  2. Load weights and config with ``mlx_lm.utils.load_model`` (offline); any
-     error inside mlx-lm becomes one line: weights that do not fit the config
-     (missing / extra / misshapen parameters), an unreadable safetensors file,
-     a config the model class rejects.
-  3. Check every float parameter (quantized scales and biases included) for
+     mlx-lm has a model class for, safetensors weights (PyTorch pickles are
+     refused: never unpickled) and a tokenizer vocabulary file; else raise a
+     specific error naming the fix (before any weight is read).
+  2. Read the safetensors headers (``checkpoint.scan_weights``): tensor
+     names and dtypes, which library wrote them, shards complete.
+  3. ``hf.check_config`` refuses settings mlx-lm would compute differently;
+     ``hf.config_overrides`` fills what transformers >= 5 configs nest or omit.
+  4. Load with ``mlx_lm.utils.load_model`` (offline, lazily) with those
+     overrides and a model factory whose ``sanitize`` first applies
+     ``hf.rename_weights`` (GPT-2's ``transformer.`` names, tied heads,
+     buffers), then the class's own; any error inside mlx-lm becomes one line:
+     weights that do not fit the config (missing / extra / misshapen
+     parameters, with a hint for quantized weights without a quantization
+     config, adapters and multimodal checkpoints), an unreadable safetensors
+     file, a config the model class rejects.
+  5. Cast floating parameters to ``dtype`` (float32 by default; packed
+     quantized weights stay packed) before they are first evaluated
+     (``precision``): attribution arithmetic is float32 from here on.
+  6. Check every float parameter (quantized scales and biases included) for
      NaN/inf: one reduction per tensor, evaluated together.
-  4. Load the tokenizer: the class named in tokenizer_config.json when it is
+  7. Load the tokenizer: the class named in tokenizer_config.json when it is
      the generic fast tokenizer (transformers 5 would otherwise pick a
      model-type tokenizer class that rewrites our word-level pre-tokenizer),
      else ``mlx_lm.utils.load_tokenizer``.
-  5. Wrap: locate blocks, attention/MLP/norm handles, embeddings, final norm.
+  8. Wrap: locate blocks, attention/MLP/norm handles, embeddings, final norm;
+     ``load_info`` records what was read and changed.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -46,7 +65,7 @@ from attribution.errors import (
     UnsupportedModelTypeError,
     WeightsMismatchError,
 )
-from attribution.model import integrity
+from attribution.model import hf, integrity, precision
 from attribution.model.arch import (
     SUPPORTED_MODEL_TYPES,
     LayerHandles,
@@ -54,19 +73,41 @@ from attribution.model.arch import (
     inner_model,
     layer_handles,
 )
+from attribution.model.checkpoint import WeightFiles, scan_weights
 from attribution.model.tokens import as_tokens
 
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+@dataclass(frozen=True)
+class LoadInfo:
+    """What ``load_model`` read and changed (``Model.load_info``)."""
+
+    writer: str
+    """"mlx-lm" (every safetensors file tagged by mlx) or "transformers" (anything else)."""
+    stored_dtypes: tuple[str, ...]
+    """Float dtypes in the files, e.g. ("bfloat16",); packed quantized weights are not floats."""
+    dtype: str
+    """Float dtype of the loaded parameters ("float32" unless ``load_model(dtype=...)``);
+    several joined by "+" when ``dtype=None`` kept a mix."""
+    quantization: dict | None
+    """mlx-lm's ``quantization`` config (group_size, bits, mode, per-layer entries), or None."""
+    config_fixes: tuple[str, ...]
+    """Config keys filled in for mlx-lm (``hf.config_overrides``), e.g. ("rope_theta",)."""
+    weight_renames: tuple[str, ...]
+    """One note per kind of weight-name change (``hf.rename_weights``), before ``sanitize``."""
+
+
 class Model:
     """An mlx-lm causal LM with named dimensions, weights and hook handles."""
 
-    def __init__(self, module, config: dict, tokenizer, path: Path | None = None) -> None:
+    def __init__(self, module, config: dict, tokenizer, path: Path | None = None,
+                 load_info: LoadInfo | None = None) -> None:
         self.module = module
         self.config = dict(config)
         self.tokenizer = tokenizer
         self.path = path
+        self.load_info = load_info
         self.arch: str = str(config.get("model_type", type(module).__module__.rsplit(".", 1)[-1]))
         self._handles: tuple = ((), [])
         inner = inner_model(module)
@@ -90,8 +131,9 @@ class Model:
         self.d_head = int(_first(attn, ("head_dim",), config, ("head_dim",))
                           or self.d_model // self.n_heads)
         self.vocab_size = int(_dense_weight(self._embedding).shape[0])
-        ctx = config.get("max_position_embeddings") or config.get("n_positions") or config.get("n_ctx")
-        self.max_context: int | None = int(ctx) if ctx else None
+        # Capped at a sliding window that mlx-lm's class ignores: beyond it the forward would
+        # silently differ from the checkpoint's own (hf.context_limit).
+        self.max_context: int | None = hf.context_limit(config)
 
     @property
     def layers(self) -> list[LayerHandles]:
@@ -146,6 +188,18 @@ class Model:
     def W_E(self) -> mx.array:
         """Token embedding [vocab, d] (before ``embed_scale``)."""
         return _dense_weight(self._embedding)
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """Float dtype of the activations: the embedding's (its scales' when quantized)."""
+        emb = self._embedding
+        return (emb["scales"] if "scales" in emb else emb.weight).dtype
+
+    @property
+    def quantized(self) -> bool:
+        """Whether any layer holds packed quantized weights (``mx.vmap`` cannot map their
+        matmuls in MLX 0.32: batched code must tile instead)."""
+        return any("scales" in m for _, m in self.module.named_modules() if isinstance(m, dict))
 
     @property
     def W_pos(self) -> mx.array | None:
@@ -227,24 +281,26 @@ def _flat(ids) -> list:
 
 
 def _dense_weight(module) -> mx.array:
-    """The module's weight, dequantised if it is a quantized layer."""
+    """The module's weight, dequantised (in its scales' dtype) if it is a quantized layer."""
     if "scales" in module:
-        return mx.dequantize(module.weight, module.scales, module.get("biases"),
-                             group_size=module.group_size, bits=module.bits)
+        kw = {"group_size": module.group_size, "bits": module.bits}
+        if getattr(module, "mode", "affine") != "affine":  # mxfp4 / nvfp4 / mxfp8 have no biases
+            kw["mode"] = module.mode
+        return mx.dequantize(module.weight, module.scales, module.get("biases"), **kw)
     return module.weight
 
 
 def _check_dir(path: Path) -> dict:
     if not path.exists():
         raise ModelNotFoundError(
-            f"model path {str(path)!r} does not exist; pass a local mlx-lm model directory "
-            "(config.json + *.safetensors + tokenizer files), e.g. one made by "
+            f"model path {str(path)!r} does not exist; pass a local mlx-lm or Hugging Face "
+            "model directory (config.json + *.safetensors + tokenizer files), e.g. one made by "
             "attribution.tiny.make_tiny_model"
         )
     cfg_path = path / "config.json"
     if not path.is_dir() or not cfg_path.exists():
         raise NotAModelError(
-            f"{str(path)!r} is not an mlx-lm model directory: no config.json; point load_model "
+            f"{str(path)!r} is not a model directory: no config.json; point load_model "
             "at the folder holding config.json, *.safetensors and the tokenizer files"
         )
     try:
@@ -257,6 +313,12 @@ def _check_dir(path: Path) -> dict:
     if "model_type" not in config:
         raise NotAModelError(f"{cfg_path} has no 'model_type'; it is not an mlx-lm/HF model config")
     if not list(path.glob("model*.safetensors")):
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        if pickles:
+            raise NotAModelError(
+                f"{str(path)!r} holds only PyTorch pickle weights ({', '.join(pickles[:2])}), which "
+                "are never unpickled here; re-save them as safetensors (transformers: "
+                "save_pretrained(dir, safe_serialization=True)) or convert with `mlx_lm.convert`")
         raise NotAModelError(
             f"{str(path)!r} has no model*.safetensors weights; convert the checkpoint with "
             "`mlx_lm.convert` or save it with mlx_lm.utils.save_model"
@@ -309,13 +371,84 @@ def _check_model_type(path: Path, config: dict) -> None:
             "model_type or convert the checkpoint with mlx_lm.convert") from exc
 
 
-def _mlx_load(path: Path, config: dict):
-    """``mlx_lm.utils.load_model`` with every failure turned into one line naming the fix."""
+_MISSING_ARG = re.compile(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)")
+# Quantization methods mlx-lm's loader converts (utils.load_model); others leave extra tensors.
+_MLX_QUANT_METHODS = ("bitnet", "mxfp4", "mxfp8", "fp8", "compressed-tensors", "modelopt", "awq", "gptq")
+
+
+def _mismatch_hint(config: dict, files: WeightFiles) -> str:
+    """Why weights may not fit: the likeliest cause we can see from names and config."""
+    names = files.names
+    quant = config.get("quantization_config") or {}
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    if any(n.startswith("base_model.model.") for n in names):
+        return ("these are adapter (PEFT/LoRA) weights, not a model: merge the adapter into its "
+                "base model and save that")
+    if any(n.startswith(("language_model.", "model.language_model.", "vision_tower.",
+                         "model.vision_tower.")) for n in names):
+        return ("this is a multimodal checkpoint: load its text model (a config with the text "
+                "model_type, e.g. gemma3_text) or convert it with mlx_lm.convert")
+    if method and method not in _MLX_QUANT_METHODS:
+        return (f"the checkpoint is quantized with {method!r}, which mlx-lm cannot read: use the "
+                "unquantized checkpoint (quantize it with `mlx_lm.convert -q` if needed)")
+    if files.quantized and "quantization" not in config and not method:
+        return ("the weights are quantized (*.scales tensors) but config.json has no "
+                "'quantization' entry: restore the config.json that mlx_lm.convert wrote")
+    return ("the config and weights come from different checkpoints: restore the checkpoint's own "
+            "config.json or re-convert it")
+
+
+class _Factory:
+    """mlx-lm ``get_model_classes``: the real classes, with ``hf.rename_weights`` before sanitize.
+
+    The model instance gets an instance-level ``sanitize`` (removed again by
+    ``detach``), so its class, parameters and module path stay mlx-lm's own."""
+
+    def __init__(self) -> None:
+        self.notes: tuple[str, ...] = ()
+
+    def __call__(self, config: dict):
+        from mlx_lm.utils import _get_classes
+
+        model_cls, args_cls = _get_classes(config)
+
+        def build(args):
+            module = model_cls(args)
+            own = getattr(module, "sanitize", None)
+
+            def sanitize(weights):
+                weights, self.notes = hf.rename_weights(config, weights)
+                return own(weights) if own is not None else weights
+
+            object.__setattr__(module, "sanitize", sanitize)
+            return module
+
+        return build, args_cls
+
+    @staticmethod
+    def detach(module) -> None:
+        if "sanitize" in vars(module):
+            object.__delattr__(module, "sanitize")
+
+
+def _mlx_load(path: Path, config: dict, files: WeightFiles, overrides: dict, dtype):
+    """``mlx_lm.utils.load_model`` + cast, every failure turned into one line naming the fix.
+
+    Returns (module, config as mlx-lm read it, weight-rename notes)."""
     from mlx_lm.utils import load_model as mlx_load_model
 
     model_type = config.get("model_type")
+    factory = _Factory()
     try:
-        return mlx_load_model(path)
+        # lazy: the float32 cast is part of the first evaluation, so no evaluated bf16 copy
+        # of the weights is kept next to the float32 one (precision.cast_floats).
+        module, config = mlx_load_model(path, lazy=True, model_config=dict(overrides),
+                                        get_model_classes=factory)
+        factory.detach(module)
+        if dtype is not None:
+            precision.cast_floats(module, dtype)
+        mx.eval(module.parameters())
+        return module, config, factory.notes
     except MemoryError:
         raise
     except Exception as exc:
@@ -323,17 +456,19 @@ def _mlx_load(path: Path, config: dict):
         if isinstance(exc, ValueError) and _MISMATCH.search(str(exc)):
             raise WeightsMismatchError(
                 f"mlx-lm could not load {str(path)!r}: the weights in model*.safetensors do not "
-                f"fit {path / 'config.json'} (model_type {model_type!r}): {msg}; the config and "
-                "weights come from different checkpoints: restore the checkpoint's own config.json or "
-                f"re-convert it (supported architectures: {', '.join(SUPPORTED_MODEL_TYPES)})"
+                f"fit {path / 'config.json'} (model_type {model_type!r}): {msg}; "
+                f"{_mismatch_hint(config, files)} (supported architectures: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)})"
             ) from exc
         if isinstance(exc, RuntimeError) and ("safetensors" in str(exc).lower()
-                                              or "[read]" in str(exc)):
+                                              or "[read]" in str(exc) or "[load]" in str(exc)):
             raise NotAModelError(
                 f"mlx-lm could not load {str(path)!r}: a model*.safetensors file is unreadable "
                 f"({msg}); re-download or re-convert the checkpoint") from exc
         if isinstance(exc, (TypeError, KeyError, AttributeError)):
-            what = f"missing key {msg}" if isinstance(exc, KeyError) else msg
+            missing = _MISSING_ARG.search(str(exc)) if isinstance(exc, TypeError) else None
+            what = (f"it lacks {missing.group(1)}" if missing else
+                    f"missing key {msg}" if isinstance(exc, KeyError) else msg)
             raise NotAModelError(
                 f"mlx-lm could not load {str(path)!r}: config.json does not describe a valid "
                 f"{model_type} model ({what}); restore the checkpoint's own config.json") from exc
@@ -366,17 +501,37 @@ def _load_tokenizer_files(path: Path):
     return load_tokenizer(path)._tokenizer
 
 
-def load_model(path: str | os.PathLike, *, check_weights: bool = True) -> Model:
-    """Load a local mlx-lm model directory (weights, config, tokenizer) as a ``Model``.
+def load_model(path: str | os.PathLike, *, dtype: str | mx.Dtype | None = "float32",
+               check_weights: bool = True) -> Model:
+    """Load a local mlx-lm or Hugging Face model directory (weights, config, tokenizer).
 
+    Accepts mlx-lm directories (float32 / bfloat16 / float16, or quantized with
+    a ``quantization`` config) and transformers checkpoints (config.json +
+    model.safetensors or index + shards) of every architecture mlx-lm has a
+    class for; see the module docstring for the steps.
+
+    ``dtype``: float dtype of the loaded parameters. "float32" (default) makes
+    every activation, gradient and graph float32 (``precision``); packed
+    quantized weights stay packed. None keeps the checkpoint's dtypes.
     ``check_weights``: refuse weights holding NaN or inf (``NonFiniteError``);
     one reduction per tensor, so it costs a fraction of reading the file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    target = precision.resolve_dtype(dtype)
     p = Path(path).expanduser()
     config = _check_dir(p)
     _check_model_type(p, config)
     _check_tokenizer_files(p)
-    module, config = _mlx_load(p, config)
+    files = scan_weights(p)
+    where = str(p / "config.json")
+    hf.check_config(config, where)
+    overrides = hf.config_overrides(config, files.names, where)
+    module, config, renames = _mlx_load(p, config, files, overrides, target)
     if check_weights:
         integrity.check_weights(module, where=str(p))
-    return Model(module, config, _load_tokenizer(p), path=p)
+    quant = config.get("quantization")
+    info = LoadInfo(
+        writer=files.writer, stored_dtypes=files.float_dtypes,
+        dtype="+".join(precision.float_dtypes(module)) or "none",
+        quantization=dict(quant) if isinstance(quant, dict) else None,
+        config_fixes=tuple(sorted(overrides)), weight_renames=renames)
+    return Model(module, config, _load_tokenizer(p), path=p, load_info=info)
