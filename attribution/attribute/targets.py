@@ -116,7 +116,7 @@ def resolve_targets(model, spec: TargetSpec, logits_last: mx.array, norm_last: m
             dirs.append(_direction(model, t))
             weights.append(float(probs[t]) if spec is None else 0.0)
             ps.append(float(probs[t]))
-            labels.append(model.decode([t]))
+            labels.append(model.to_str_tokens([t])[0])
     if spec is not None and n_custom < len(items):  # user-chosen vocabulary logits: weights = probs
         weights = [p if k.token_id >= 0 else w for k, p, w in zip(keys, ps, weights)]
     w = np.asarray(weights, dtype=np.float64)

@@ -167,8 +167,12 @@ class Model:
         return self.tokenizer.decode([int(i) for i in _flat(ids)])
 
     def to_str_tokens(self, ids) -> list[str]:
-        """One string per token id."""
-        return [self.tokenizer.decode([int(i)]) for i in _flat(ids)]
+        """One string per token id, spaced as it reads inside a text (" Mary", not "Mary":
+        decoding ids one at a time drops the spacing of word-level and SentencePiece
+        tokenizers; see ``attribution.model.token_strings``)."""
+        from attribution.model.token_strings import token_strings
+
+        return token_strings(self, [int(i) for i in _flat(ids)])
 
     # ---------------------------------------------------------------- forward
     def __call__(self, tokens) -> mx.array:

@@ -89,7 +89,7 @@ def organism_tasks(model) -> list[str]:
 
 
 def _decode(model, ids) -> str:
-    return model.tokenizer.decode([int(i) for i in ids])
+    return "".join(model.to_str_tokens([int(i) for i in ids]))
 
 
 def label(model, answer: int | None, wrong: int | None) -> str:

@@ -317,7 +317,7 @@ def run_demo(out: Path, model_path: str | None = None, cfg: DemoConfig = DemoCon
     figures = {
         "model": str(model.path),
         "prompt": model.tokenizer.decode(example[0], skip_special_tokens=True),
-        "answer": model.tokenizer.decode([example[2]]), "wrong": model.tokenizer.decode([example[3]]),
+        "answer": model.to_str_tokens([example[2]])[0], "wrong": model.to_str_tokens([example[3]])[0],
         "graph_nodes": len(graph.nodes), "graph_edges": int(graph.adjacency.nnz),
         "circuit_nodes": int(circuit.node_mask.sum()), "circuit_edges": int(circuit.graph.adjacency.nnz),
         "replacement_full": s.full.replacement, "completeness_full": s.full.completeness,

@@ -126,7 +126,9 @@ def test_dimensions_and_handles(model, tiny_dirs, arch):
     ids = model.encode("the cat sat")
     assert ids[0] == model.tokenizer.bos_token_id and model.encode("the cat sat", bos=False) == ids[1:]
     assert model.decode(ids[1:]) == "the cat sat"
-    assert model.to_str_tokens(ids[1:]) == ["the", "cat", "sat"]
+    # Each token as it reads inside a text: joined, they give the decoded text back.
+    assert model.to_str_tokens(ids[1:]) == [" the", " cat", " sat"]
+    assert "".join(model.to_str_tokens(ids[1:])).strip() == model.decode(ids[1:])
 
 
 @pytest.mark.parametrize("kind", ["resid_mid", "attn_pattern"])
