@@ -10,7 +10,8 @@
 All writes go to a temporary directory that replaces the target in one rename,
 so a failure leaves nothing partially written.
 
-Loading: read config.json, build the architecture, read the weights, refuse
+Loading: read config.json, build the architecture, read the weights once into the
+arrays that are kept (no second copy; ``sae.io._files``), refuse
 NaN/inf weights (``NonFiniteWeightsError``), check widths against
 ``site_dims``; with ``model=`` compare the recorded identity first
 (``DictionaryModelMismatchError``, or a ``DictionaryModelMismatchWarning``
@@ -23,7 +24,6 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 
 from attribution.sites import Site
@@ -37,12 +37,13 @@ from sae.errors import (
 )
 from sae.io._files import (
     atomic_dir,
-    check_finite_tensors,
+    load_lazy,
+    read_checked,
     read_json,
-    read_tensors,
     write_json,
     write_tensors,
 )
+from sae.io.convert import assign_arrays
 
 SCHEMA, SET_SCHEMA, VERSION = "mlx-circuits.dictionary", "mlx-circuits.dictionaries", 1
 IDENTITY_KEY = "model_identity"
@@ -124,12 +125,12 @@ def load_dictionary(path, site_dims: Mapping | None = None, *, model=None, force
     meta = cfg.get("metadata")
     check_model(meta.get(IDENTITY_KEY) if isinstance(meta, dict) else None, model, path, force)
     d = _build(cfg, path)
-    arrays = read_tensors(path / "weights.safetensors")
-    check_finite_tensors(arrays, path.name, path / "weights.safetensors")
+    f = path / "weights.safetensors"
     try:
-        d.load_arrays({k: mx.array(v) for k, v in arrays.items()})
-    except ShapeMismatchError as e:
+        assign_arrays(d, load_lazy(f), str(f))  # names and shapes from the header only
+    except FormatError as e:
         raise FormatError(f"{path}: weights do not match config.json: {e}") from e
+    assign_arrays(d, read_checked(f, dictionary=path.name), str(f))
     if site_dims is not None:
         check_sites(d, site_dims)
     return d
