@@ -22,6 +22,7 @@ Algorithm:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import mlx.core as mx
 import numpy as np
@@ -59,6 +60,50 @@ def prompt_tokens(model, prompt_or_tokens) -> tuple[str | None, list[int]]:
     return text, [int(t) for t in np.asarray(toks)[0]]
 
 
+CONVENTIONS = ("ours", "circuit-tracer")
+"""Graph conventions: ours (default) or circuit-tracer's (DESIGN E2), see ``apply_convention``."""
+
+
+def convention_tokens(model, ids: list[int], convention: str) -> list[int]:
+    """Token ids under ``convention``: circuit-tracer prepends BOS unless the first
+    token is already a special token (as its ``attribute`` does)."""
+    if convention == "ours":
+        return ids
+    tok = model.tokenizer  # mlx-lm's wrapper forwards these attributes to the HF tokenizer
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    bos = getattr(tok, "bos_token_id", None)
+    if bos is None:  # GPT-2's tokenizer has no BOS of its own: <|endoftext|> plays it
+        bos = getattr(tok, "eos_token_id", None)
+    if bos is None:
+        raise AttributionMethodError("convention='circuit-tracer' prepends BOS, but this tokenizer has "
+                                     "neither a BOS nor an EOS token; use convention='ours'")
+    return ids if ids and ids[0] in special else [int(bos)] + ids
+
+
+def apply_convention(model, state, convention: str):
+    """The clean state as circuit-tracer's graph sees it (DESIGN E2).
+
+    1. Position 0 is zeroed: every feature activation and error vector there is 0,
+       so position 0 has no feature nodes and its error nodes write nothing (they
+       are removed from the graph afterwards). The forward is unchanged: the
+       linearised model reads only the state's outputs, patterns and MLP outputs.
+    2. Token nodes write W_E[token] (times the embedding scale) only; the learned
+       positional embedding (GPT-2) is a constant of the forward, not a node.
+    Because the linearised map is linear in every source's write, changing the
+    write vectors changes exactly those columns and nothing else."""
+    from dataclasses import replace
+
+    if convention == "ours":
+        return state
+    acts = {l: mx.concatenate([mx.zeros_like(a[:1]), a[1:]], axis=0) for l, a in state.acts.items()}
+    error = {l: mx.concatenate([mx.zeros_like(e[:1]), e[1:]], axis=0) for l, e in state.error.items()}
+    embed = state.embed
+    w_pos = model.W_pos
+    if w_pos is not None:
+        embed = embed - w_pos[: embed.shape[0]].astype(embed.dtype)
+    return replace(state, acts=acts, error=error, embed=embed)
+
+
 def _check_memory(model, rm, n_tokens: int, per_token: float, config: GraphConfig) -> None:
     est = estimate_memory(n_tokens, len(rm.units), per_token, config.max_logits, d_model=model.d_model,
                           edges_per_target=config.edges_per_target, batch_size=config.batch_size,
@@ -90,7 +135,12 @@ def dictionaries_digest(rm) -> str:
             continue
         seen.add(id(u.dictionary))
         h.update(f"{u.in_site}->{u.out_site}".encode())
-        for name, arr in sorted(tree_flatten(u.dictionary.parameters()), key=lambda kv: kv[0]):
+        d = u.dictionary
+        # nn.Module dictionaries expose parameters(); protocol-only ones (tests, user
+        # classes) are read through their array attributes.
+        params = (tree_flatten(d.parameters()) if callable(getattr(d, "parameters", None))
+                  else [(k, v) for k, v in vars(d).items() if isinstance(v, mx.array)])
+        for name, arr in sorted(params, key=lambda kv: kv[0]):
             a = np.asarray(arr.reshape(-1)[:4096].astype(mx.float32))
             h.update(f"{name}{tuple(arr.shape)}".encode())
             h.update(a.tobytes())
@@ -101,6 +151,7 @@ def _metadata(model, rm, text, ids, method, config, extra: dict) -> dict:
     from attribution.model.integrity import model_identity
 
     return {
+        "convention": getattr(config, "convention", "ours"),
         "model_identity": model_identity(model),
         "dictionaries_digest": dictionaries_digest(rm),
         "n_layers": model.n_layers,
@@ -128,14 +179,26 @@ def build_graph(model, dictionaries, prompt_or_tokens, targets: TargetSpec = Non
     config = GraphConfig() if config is None else config
     rm = model if isinstance(model, ReplacementModel) else ReplacementModel(model, dictionaries)
     model = rm.model
+    convention = getattr(config, "convention", "ours")
+    if convention not in CONVENTIONS:
+        raise AttributionMethodError(f"unknown convention {convention!r}; one of {CONVENTIONS}")
     text, ids = prompt_tokens(model, prompt_or_tokens)
+    ids = convention_tokens(model, ids, convention)
     _check_memory(model, rm, len(ids), 0.0, config)
     state = rm.clean(ids)
     tg = resolve_targets(model, targets, state.logits[-1], state.norm_out[-1], len(ids) - 1,
                          config.max_logits, config.logit_prob_mass)
     tok_str = model.to_str_tokens(ids)
     if method == "exact":
+        if convention != "ours":
+            g = _exact_graph(rm, apply_convention(model, state, convention), tg, config, text, ids,
+                             tok_str, progress)
+            err = g.type_mask("error") & (g.nodes["pos"].to_numpy() == 0)
+            return g.subgraph(~err)  # position 0's error nodes write nothing under this convention
         return _exact_graph(rm, state, tg, config, text, ids, tok_str, progress)
+    if convention != "ours":
+        raise AttributionMethodError("convention='circuit-tracer' applies to method='exact' graphs; "
+                                     "patching-style graphs use convention='ours'")
     ns = node_scores(rm, state, tg, method, ablation=config.ablation, steps=config.ig_steps,
                      batch_size=config.batch_size, feature_threshold=config.feature_threshold,
                      counterfactual=counterfactual, reference=reference, metric=metric,
