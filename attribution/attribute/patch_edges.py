@@ -118,7 +118,13 @@ def patching_columns(m, state, f_abl, e_abl, where, batch: int, targets: Targets
         scores[s: s + b] = vals[:-1] - vals[-1]
         if targets is not None and len(targets):
             a = np.asarray(targets.read(out.live), dtype=np.float64)
-            block[:, s: s + b] = (a[:-1] - a[-1]).T
+            cols = (a[:-1] - a[-1]).T
+            # A source reaches only targets at later layers. The rows of one batched
+            # forward can still differ by an ulp (BLAS kernels treat tail rows of a GEMM
+            # differently), so structural zeros are set exactly, as the exact graph does.
+            src_layer = np.array([l for _, l, _, _ in chunk])
+            cols[targets.layer[:, None] <= src_layer[None, :]] = 0.0
+            block[:, s: s + b] = cols
     return scores, block
 
 

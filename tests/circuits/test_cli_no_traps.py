@@ -85,7 +85,7 @@ def test_example_n_is_row_n_of_a_task_file(d, capsys):
         assert src["clean_ids"] == want
         assert src["corrupted_ids"] == [int(t) for t in encode(model.tokenizer, ROWS[n]["corrupted_prompt"])]
         assert model.tokenizer.decode([src["answer_id"]]).strip() == ROWS[n]["answer"]
-        assert md["target"]["label"] == f'logit("{ROWS[n]["answer"]}") − logit("{ROWS[n]["wrong_answer"]}")'
+        assert md["target"]["label"] == f'logit(" {ROWS[n]["answer"]}") − logit(" {ROWS[n]["wrong_answer"]}")'
 
 
 def test_builtin_task_row_is_stable_and_matches_generate(d, capsys):
@@ -121,7 +121,7 @@ def test_free_prompt_targets_its_own_top_logits(d, capsys):
     assert cli(capsys, "attribute", "--dicts", d / "tc" / "dictionaries", "--prompt", prompt, "--answer", "John",
                "--wrong", "Mary", "--out", out2)[0] == 0
     g2 = _graph(out2)
-    assert g2.metadata["target"]["label"] == 'logit("John") − logit("Mary")'
+    assert g2.metadata["target"]["label"] == 'logit(" John") − logit(" Mary")'
     lg = g2.nodes[g2.nodes["type"] == "logit"]
     j, m = model.tokenizer.encode(" John", add_special_tokens=False), model.tokenizer.encode(" Mary", add_special_tokens=False)
     assert float(lg["activation"].iloc[0]) == pytest.approx(float(logits[j[-1]] - logits[m[-1]]), abs=1e-3)
@@ -227,7 +227,10 @@ def test_signal_removes_staging(d, tmp_path, sig, code):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([*CLI, "--quiet", "train", "--tokens", str(2 ** 22), "--batch-tokens", "1024",
                              "--width", "64", "--k", "4", "--arch", "topk", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            # A shell's background jobs (CI) inherit SIGINT ignored, and Python then
+                            # keeps ignoring it; a terminal's Ctrl-C arrives with the default action.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".tc.staging-*")):
         time.sleep(0.2)
