@@ -32,6 +32,7 @@ from circuits.cli import demo as _demo
 from circuits.cli import doctor as _doctor
 from circuits.cli import evaluate as _evaluate
 from circuits.cli import features as _features
+from circuits.cli import harvest as _harvest
 from circuits.cli import organism as _organism
 from circuits.cli import prune as _prune
 from circuits.cli import render as _render
@@ -40,7 +41,7 @@ from circuits.cli import validate as _validate
 from circuits.cli import train as _train
 from circuits.cli._common import Interrupted, _one_line, apply_config, check_out, set_run
 
-_COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "attribute": _attribute,
+_COMMANDS = {"demo": _demo, "harvest": _harvest, "train": _train, "evaluate": _evaluate, "attribute": _attribute,
              "prune": _prune, "validate": _validate, "features": _features, "render": _render,
              "report": _report, "bench": _bench, "organism": _organism, "doctor": _doctor}
 

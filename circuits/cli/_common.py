@@ -241,7 +241,7 @@ _RUN: dict = {}
 _LIVE_STAGING: set[Path] = set()
 """Staging directories of this process (removed by the signal path if unwinding fails)."""
 
-INPUT_ARGS = ("model", "dicts", "graph", "circuit", "corpus", "task", "tasks", "run",
+INPUT_ARGS = ("model", "dicts", "graph", "circuit", "corpus", "task", "tasks", "run", "activations",
               "ground_truth", "checkpoint_dir")
 """Argument names recorded as inputs in the run manifest and checked against --out."""
 

@@ -17,12 +17,19 @@ Algorithm:
      so a resumed run's log is complete); the resumed run continues bit-identically.
   5. Save with ``sae.save_dictionaries`` into the staged output directory, plus
      ``train_log.jsonl``; print final metrics.
+With ``--activations STORE`` (written by ``circuits harvest``) the activations come from
+the store, not from a corpus: its manifest is checked before the model loads (``--corpus``
+is refused with it, and a store inside ``--out`` too), ``--sites`` defaults to the store's
+input sites for ``--kind`` and any site (input or target) it lacks is refused, the store
+must have been harvested from ``--model``, and a token budget beyond the store's size
+warns that training cycles through it. ``--buffer-tokens`` sizes the shuffle buffer.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 from circuits.cli._common import (
@@ -44,7 +51,9 @@ KINDS = ["sae", "transcoder", "skip_transcoder", "clt"]
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="train SAEs / transcoders / CLTs on a model's activations")
     add_common(p, out_default="out/dictionaries")
-    p.add_argument("--sites", default="L*.mlp_in", help="input sites, e.g. 'L*.mlp_in' or 'L1.resid_post,L2.resid_post'")
+    p.add_argument("--sites", default=None,
+                   help="input sites, e.g. 'L*.mlp_in' or 'L1.resid_post,L2.resid_post' (default "
+                        "L*.mlp_in; with --activations, the store's input sites for --kind)")
     p.add_argument("--kind", default="transcoder", choices=KINDS)
     p.add_argument("--arch", default="batchtopk", choices=ARCHS)
     p.add_argument("--width", type=positive_int, default=1024, help="latents per dictionary")
@@ -59,6 +68,11 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--corpus", default=None,
                    help="organism (default), task:NAME, or a file path: .jsonl/.parquet read as "
                         "a table with a text column, any other file as text, one document per line")
+    p.add_argument("--activations", type=Path, default=None,
+                   help="train from this activation store (written by `circuits harvest`) "
+                        "instead of harvesting a corpus; sites and widths come from the store")
+    p.add_argument("--buffer-tokens", type=positive_int, default=2 ** 16,
+                   help="rows of the shuffle buffer that mixes the activations (default 65536)")
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="write resumable checkpoints here (outside --out)")
     p.add_argument("--checkpoint-every", type=positive_int, default=None,
@@ -67,12 +81,39 @@ def add_parser(sub, name: str) -> None:
                    help="continue the checkpoint in --checkpoint-dir (same flags required)")
 
 
-def spec_from_args(args):
-    from circuits.pipeline.dictionaries import DictionarySpec
+def spec_from_args(args, manifest: dict | None = None):
+    """The ``DictionarySpec`` of the flags; ``manifest``: the --activations store's."""
+    from circuits.pipeline.dictionaries import DictionarySpec, store_sites
 
-    return DictionarySpec(sites=args.sites, kind=args.kind, arch=args.arch, width=args.width,
+    sites = args.sites
+    if sites is None:
+        sites = "L*.mlp_in" if manifest is None else store_sites(manifest, args.kind)
+    store = getattr(args, "activations", None)
+    return DictionarySpec(sites=sites, kind=args.kind, arch=args.arch, width=args.width,
                           k=args.k, tokens=args.tokens, batch_tokens=args.batch_tokens,
-                          seed=args.seed, corpus=args.corpus, lr=args.lr)
+                          seed=args.seed, corpus=args.corpus, lr=args.lr,
+                          activations=None if store is None else str(store),
+                          buffer_tokens=getattr(args, "buffer_tokens", 2 ** 16))
+
+
+def check_store_args(args) -> dict | None:
+    """The --activations store's manifest, checked before the model loads (module docstring)."""
+    if getattr(args, "activations", None) is None:
+        return None
+    from sae.data.store import ActivationStore
+
+    store = Path(args.activations)
+    if args.corpus is not None:
+        raise CLIError("--corpus and --activations exclude each other: a store holds the "
+                       "activations of the corpus it was harvested from; drop --corpus")
+    out = getattr(args, "out", None)
+    if out is not None and store.exists() and _inside(store, Path(out)):
+        raise CLIError(f"--activations {store} lies inside --out {out}, which is replaced when "
+                       "the run succeeds; choose another --out")
+    try:  # the manifest and every shard's presence and size: cheap, before the model loads
+        return ActivationStore(store).manifest
+    except OSError as e:  # FormatError: one line naming the store and the fix
+        raise CLIError(f"--activations: {e}") from None
 
 
 def check_checkpoint_args(args, steps: int) -> int | None:
@@ -130,10 +171,19 @@ def run(args) -> int:
 
     from circuits.pipeline.dictionaries import check_resume, train_config, train_dictionaries
 
-    spec = spec_from_args(args)  # step 1: every flag checked before the model loads
+    manifest = check_store_args(args)
+    spec = spec_from_args(args, manifest)  # step 1: every flag checked before the model loads
     every = check_checkpoint_args(args, spec.steps)
     model = load(args)
-    train_config(spec, model.n_layers)  # validate sites/arch before any work or output
+    cfg = train_config(spec, model.n_layers)  # validate sites/arch before any work or output
+    if manifest is not None:
+        from circuits.pipeline.dictionaries import open_store
+
+        store = open_store(args.activations, model, cfg, spec.buffer_tokens)
+        if spec.tokens > store.n_tokens:
+            warnings.warn(f"--tokens {spec.tokens} exceeds the {store.n_tokens} tokens of "
+                          f"--activations {args.activations}: training reads the store "
+                          f"{spec.tokens / store.n_tokens:.2f} times")
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir is not None else None
     if args.resume:
         check_resume(model, spec, ckpt)

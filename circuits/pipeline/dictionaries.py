@@ -14,6 +14,17 @@ Algorithm (``train_dictionaries``):
      ``sae.train_on_model``: one forward per batch feeds every site; checkpoints every
      ``checkpoint_every`` steps; the metrics log goes to ``log_path``.
   5. Return the ``TrainResult``; the caller saves with ``sae.save_dictionaries``.
+With ``spec.activations`` (an activation store written by ``harvest_activations``) step 4
+reads the store instead of a corpus: ``open_store`` checks it was harvested from this
+model and holds every input and target site (``store_sites`` picks the default input
+sites per kind), and ``sae.train.from_model.train_on_store`` streams it through its
+seeded shuffle buffer; the run record then holds the store's content
+fingerprint instead of the corpus.
+
+``harvest_activations`` (``circuits harvest``) writes a store: it checks the flags, draws
+the corpus lazily (a file once; the organism's mixture or a task in rounds of
+``ROUND_DOCS`` documents with seeds seed+1, seed+2, ... until the token budget is met)
+and streams the activations into shards (``sae.data.store.harvest_into``).
 
 ``evaluate_dictionaries`` harvests held-out activations (another seed), runs
 ``sae.evaluate`` (L0, FVU, cosine, bias, dead/dense) and ``sae.evaluate_spliced``
@@ -37,7 +48,7 @@ from itertools import islice
 
 from attribution.sites import parse_sites
 from circuits.errors import CircuitsError
-from circuits.pipeline.corpus import check_corpus, corpus_identity, corpus_texts
+from circuits.pipeline.corpus import check_corpus, corpus_identity, corpus_kind, corpus_texts
 
 CONTEXT_LEN = 64
 """Tokens per harvested context (capped by the model's context)."""
@@ -45,10 +56,15 @@ HARVEST_BATCH = 16
 """Contexts per harvesting forward during training."""
 K_ARCHS = ("topk", "batchtopk", "matryoshka")
 """Architectures whose ``k`` picks the active latents (so k <= width)."""
+BUFFER_TOKENS = 2 ** 16
+"""Rows of the shuffle buffer when training from a store (and of the harvesting mixer)."""
+ROUND_DOCS = 2000
+"""Documents generated per round when harvesting the organism's mixture or a task."""
 FLAGS = {"sites": "--sites", "kind": "--kind", "arch": "--arch", "width": "--width", "k": "--k",
          "tokens": "--tokens", "batch_tokens": "--batch-tokens", "seed": "--seed", "lr": "--lr",
          "corpus": "--corpus", "n_docs": "n_docs", "model": "--model (weights fingerprint)",
-         "context_len": "context length", "harvest_batch": "harvest batch"}
+         "context_len": "context length", "harvest_batch": "harvest batch",
+         "store": "--activations (the store's contents)", "buffer_tokens": "--buffer-tokens"}
 """Names of the run-record fields in messages: the flag that sets each."""
 
 
@@ -94,6 +110,10 @@ class DictionarySpec:
     """Documents drawn from a generated corpus (>= 1)."""
     lr: float | None = None
     """Adam learning rate; None -> 2e-4 * sqrt(2^14 / width)."""
+    activations: str | None = None
+    """Activation store directory to train from (``circuits harvest``); excludes ``corpus``."""
+    buffer_tokens: int = BUFFER_TOKENS
+    """Rows of the shuffle buffer that mixes the activation stream (>= 1)."""
 
     def __post_init__(self) -> None:
         from sae.train.config import ARCHS, KINDS
@@ -103,7 +123,7 @@ class DictionarySpec:
         for name, choices in (("kind", KINDS), ("arch", ARCHS)):
             if getattr(self, name) not in choices:
                 raise SpecError(f"--{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
-        for name in ("width", "k", "tokens", "batch_tokens", "n_docs"):
+        for name in ("width", "k", "tokens", "batch_tokens", "n_docs", "buffer_tokens"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise SpecError(f"{FLAGS[name]} must be a positive integer, got {v!r}")
@@ -119,6 +139,12 @@ class DictionarySpec:
             raise SpecError(f"--tokens {self.tokens} is less than --batch-tokens {self.batch_tokens}, "
                             "which leaves no training step; raise --tokens or lower --batch-tokens")
         check_corpus(self.corpus)
+        if self.activations is not None:
+            if not isinstance(self.activations, str) or not self.activations.strip():
+                raise SpecError(f"--activations must name a store directory, got {self.activations!r}")
+            if self.corpus is not None:
+                raise SpecError("--corpus and --activations exclude each other: a store holds the "
+                                "activations of the corpus it was harvested from; drop --corpus")
 
     @property
     def steps(self) -> int:
@@ -150,12 +176,21 @@ def run_record(model, spec: DictionarySpec) -> dict:
     from attribution import model_identity
 
     sites = [str(s) for s in parse_sites(spec.sites, model.n_layers)]
-    return {"spec": {"sites": sites, "kind": spec.kind, "arch": spec.arch, "width": spec.width,
-                     "k": spec.k, "tokens": spec.tokens, "batch_tokens": spec.batch_tokens,
-                     "seed": spec.seed, "lr": spec.lr, "corpus": corpus_identity(spec.corpus),
-                     "n_docs": spec.n_docs},
-            "model": model_identity(model)["fingerprint"][:16],
-            "context_len": context_len(model), "harvest_batch": HARVEST_BATCH}
+    rec = {"sites": sites, "kind": spec.kind, "arch": spec.arch, "width": spec.width,
+           "k": spec.k, "tokens": spec.tokens, "batch_tokens": spec.batch_tokens,
+           "seed": spec.seed, "lr": spec.lr}
+    out = {"model": model_identity(model)["fingerprint"][:16]}
+    if spec.activations is not None:
+        from sae.data.store import read_manifest, store_fingerprint
+
+        # the store's contents, not its path: a moved store still resumes, another one not
+        out["store"] = store_fingerprint(read_manifest(spec.activations))
+    else:
+        rec.update(corpus=corpus_identity(spec.corpus), n_docs=spec.n_docs)
+        out.update(context_len=context_len(model), harvest_batch=HARVEST_BATCH)
+    if spec.buffer_tokens != BUFFER_TOKENS:  # recorded only when set: older checkpoints resume
+        out["buffer_tokens"] = spec.buffer_tokens
+    return {"spec": rec, **out}
 
 
 def check_resume(model, spec: DictionarySpec, checkpoint_dir) -> int:
@@ -188,21 +223,129 @@ def train_dictionaries(model, spec: DictionarySpec, callback=None, *, checkpoint
     """Train per-site dictionaries on ``model``; returns ``sae.TrainResult``.
 
     ``checkpoint_dir``/``checkpoint_every``/``resume``: see ``sae.train``; a resume of a
-    run with another spec or model raises before any work (``check_resume``)."""
+    run with another spec or model raises before any work (``check_resume``). With
+    ``spec.activations`` the activations come from that store (module docstring)."""
     from sae import train_on_model
     from sae.errors import NonFiniteError
+    from sae.train.from_model import train_on_store
 
     cfg = train_config(spec, model.n_layers)
     if resume and checkpoint_dir is not None:
         check_resume(model, spec, checkpoint_dir)
-    texts = corpus_texts(model, spec.corpus, spec.n_docs, seed=spec.seed + 1)
+    kw = dict(callback=callback, log_path=log_path, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every, resume=resume,
+              run_info=run_record(model, spec))
     try:
+        if spec.activations is not None:
+            store = open_store(spec.activations, model, cfg, spec.buffer_tokens)
+            return train_on_store(store, [cfg], **kw)
+        texts = corpus_texts(model, spec.corpus, spec.n_docs, seed=spec.seed + 1)
         return train_on_model(model, texts, [cfg], context_len=context_len(model),
-                              batch_size=HARVEST_BATCH, callback=callback, log_path=log_path,
-                              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                              resume=resume, run_info=run_record(model, spec))
+                              batch_size=HARVEST_BATCH, buffer_tokens=spec.buffer_tokens, **kw)
     except NonFiniteError as e:  # a RuntimeError in sae; here it is a property of the input
-        raise TrainingError(f"{e}; lower --lr, or check the model and --corpus") from e
+        fix = "check the model and --activations" if spec.activations else "check the model and --corpus"
+        raise TrainingError(f"{e}; lower --lr, or {fix}") from e
+
+
+# ------------------------------------------------------------ activation stores ----
+def open_store(path, model, cfg=None, buffer_tokens: int = BUFFER_TOKENS):
+    """The ``ActivationStore`` at ``path``, checked against ``model`` and, given the
+    ``TrainConfig``, holding every input and target site it needs (named otherwise)."""
+    from sae.data.store import ActivationStore, StoreMismatchError, read_manifest
+    from sae.train.from_model import needed_sites
+
+    man = read_manifest(path)
+    if cfg is None:
+        return ActivationStore(path, model=model, buffer_tokens=buffer_tokens)
+    have = set(man["sites"])
+    need = [str(s) for s in needed_sites([cfg])]
+    missing = [s for s in need if s not in have]
+    if missing:
+        raise StoreMismatchError(
+            f"--activations {path} has no activations for {', '.join(missing)} (needed by --sites "
+            f"{', '.join(map(str, cfg.sites))} with --kind {cfg.kind}; it holds "
+            f"{', '.join(man['sites'])}); pass --sites among those, or harvest the missing sites")
+    return ActivationStore(path, model=model, sites=need, buffer_tokens=buffer_tokens)
+
+
+def store_sites(manifest: dict, kind: str, target_kind: str = "mlp_out") -> str:
+    """Default ``--sites`` for training ``kind`` on a store: every site for an SAE; for
+    transcoders and CLTs every site whose same-layer ``target_kind`` site is also stored."""
+    from attribution.sites import Site
+
+    sites = [Site.parse(s) for s in manifest["sites"]]
+    if kind == "sae":
+        chosen = sites
+    else:
+        have = set(sites)
+        chosen = [s for s in sites if s.kind != target_kind and Site(s.layer, target_kind) in have]
+    if not chosen:
+        raise SpecError(
+            f"the activation store holds no input site with its {target_kind} target for --kind "
+            f"{kind} (it holds {', '.join(map(str, sites))}); harvest with --sites "
+            f"'L*.mlp_in,L*.{target_kind}', or train --kind sae")
+    return ",".join(str(s) for s in chosen)
+
+
+def harvest_texts(model, corpus: str | None, seed: int = 0):
+    """Documents for a harvest (module docstring): a file's documents once; the organism's
+    mixture or a task's prompts in rounds of ``ROUND_DOCS`` without end."""
+    if corpus_kind(corpus) == "file":
+        return corpus_texts(model, corpus, ROUND_DOCS, seed=seed + 1)
+    corpus_texts(model, corpus, 1, seed=seed + 1)  # a bad task or a non-organism fails now
+
+    def rounds():
+        r = 0
+        while True:
+            docs = corpus_texts(model, corpus, ROUND_DOCS, seed=seed + 1 + r)
+            if not docs:
+                return
+            yield from docs
+            r += 1
+    return rounds()
+
+
+def harvest_activations(model, directory, *, sites: str = "L*.mlp_in,L*.mlp_out",
+                        tokens: int = 2 ** 18, corpus: str | None = None, dtype: str = "float32",
+                        shard_tokens: int | None = None, context: int | None = None,
+                        batch: int = HARVEST_BATCH, seed: int = 0, progress=None,
+                        resume: bool = False) -> dict:
+    """Harvest ``sites`` of ``model`` into the empty ``directory``; returns the manifest.
+
+    Flags are checked first (errors name the flag); ``progress(HarvestProgress)``.
+    ``resume``: journal each shard in ``directory`` and continue a journalled harvest there
+    (``sae.data.store.harvest_into``)."""
+    from sae.data.shards import DTYPES
+    from sae.data.store import HarvestConfig, harvest_into
+
+    check_corpus(corpus)
+    if dtype not in DTYPES:
+        raise SpecError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    for flag, v in (("--tokens", tokens), ("--shard-tokens", shard_tokens),
+                    ("--context-len", context), ("--batch", batch)):
+        if v is not None and (not _is_int(v) or v < 1):
+            raise SpecError(f"{flag} must be a positive integer, got {v!r}")
+    if not isinstance(sites, str) or not sites.strip():
+        raise SpecError(f"--sites must name at least one site (e.g. 'L*.mlp_in'), got {sites!r}")
+    parsed = parse_sites(sites, model.n_layers)
+    if not parsed:
+        raise SpecError(f"--sites {sites!r} names no site; give e.g. 'L*.mlp_in,L*.mlp_out'")
+    if len(set(parsed)) != len(parsed):
+        raise SpecError(f"--sites {sites!r} names a site twice; list each site once")
+    max_ctx = model.max_context
+    if context is None:
+        context = context_len(model)
+    elif max_ctx and context > max_ctx:
+        raise SpecError(f"--context-len {context} exceeds the model's context of {max_ctx} "
+                        f"tokens; pass --context-len {max_ctx} or less")
+    cfg = HarvestConfig(sites=tuple(parsed), tokens=tokens, dtype=dtype, shard_tokens=shard_tokens,
+                        context_len=context, batch_size=batch)
+    texts = harvest_texts(model, corpus, seed)
+    record = {"spec": corpus_identity(corpus), "seed": seed}
+    if corpus_kind(corpus) != "file":
+        record["round_docs"] = ROUND_DOCS
+    return harvest_into(model, texts, directory, cfg, corpus=record, progress=progress,
+                        resume=resume)
 
 
 METRICS = ("l0", "fvu", "mse", "cosine", "rel_bias", "dead_frac", "dense_frac", "ce_clean",

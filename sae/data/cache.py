@@ -1,4 +1,8 @@
-"""On-disk activation cache: safetensors shards plus a JSON manifest.
+"""On-disk activation cache: safetensors shards plus a JSON manifest (the older format).
+
+New code writes activation stores instead (``sae.data.store``: shards of a chosen size,
+bfloat16 storage, the model's identity, a shuffle buffer of bounded memory and exact,
+I/O-free resume); ``train_on_model(cache_dir=...)`` writes stores and still reads caches.
 
 1. ``write_cache(dir, chunks, model_id, model_hash, dims)`` writes each chunk as
    ``shard_{i:05d}.safetensors`` (one tensor per site, named ``str(site)``) into a

@@ -8,12 +8,15 @@
    tokenizer puts it).
 3. ``capture(model, tokens [B,T], sites)`` runs one forward that stops after the
    deepest site; activations are flattened to [B*T, d], optionally dropping
-   position 0 / BOS tokens. The first chunk is checked finite
+   position 0 / BOS tokens (``context_batches`` gives the token batches alone, so a
+   resumed harvest can skip batches without running them). The first chunk is checked finite
    (``attribution.check_finite``) so a broken model fails before any training.
    When nothing can be packed the error says why: no documents at all, or fewer
    tokens in the whole corpus than one context needs.
 4. ``harvest_source`` wraps this in a ``StreamSource`` (mixing buffer, outliers);
    its data-parallel shards read documents i with i % world == rank.
+5. ``sae.data.store.harvest_store`` writes the chunks to an on-disk store instead
+   (sharded safetensors, streamed: bigger than RAM).
 """
 
 from __future__ import annotations
@@ -99,9 +102,29 @@ def pack_tokens(model, texts: Iterable[str], context_len: int, bos_id: int | Non
             yield np.asarray([bos_id] + ctx if add_bos else ctx, dtype=np.int32)
 
 
+def context_batches(model, texts, *, context_len: int = 128, batch_size: int = 8,
+                    bos_id: int | None = None, counter: _Counter | None = None
+                    ) -> Iterator[np.ndarray]:
+    """Token batches ``[<= batch_size, context_len]`` int32, exactly as ``harvest`` runs
+    them (the last batch may be short); ``counter`` counts documents and tokens read."""
+    count = counter if counter is not None else _Counter(model)
+    ctxs: list[np.ndarray] = []
+    for ctx in pack_tokens(count, count.docs(read_texts(texts)), context_len, bos_id):
+        ctxs.append(ctx)
+        if len(ctxs) == batch_size:
+            yield np.stack(ctxs)
+            ctxs = []
+    if ctxs:
+        yield np.stack(ctxs)
+
+
 def harvest(model, texts, sites: Sequence, *, context_len: int = 128, batch_size: int = 8,
-            drop_bos: bool = True, bos_id: int | None = None) -> Iterator[dict]:
-    """Chunks {Site: [n, d] float32} of activations at ``sites``."""
+            drop_bos: bool = True, bos_id: int | None = None, skip_batches: int = 0
+            ) -> Iterator[dict]:
+    """Chunks {Site: [n, d] float32} of activations at ``sites``, one per forward.
+
+    ``skip_batches``: tokenise and pack the first ``skip_batches`` context batches but run
+    no forward on them (a resumed harvest continues where it stopped)."""
     import mlx.core as mx
 
     from attribution import capture  # the model-access layer; imported lazily
@@ -110,19 +133,16 @@ def harvest(model, texts, sites: Sequence, *, context_len: int = 128, batch_size
     if bos_id is None:
         bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     count = _Counter(model)
-    ctxs: list[np.ndarray] = []
-    n_chunks = 0
-    for ctx in pack_tokens(count, count.docs(read_texts(texts)), context_len, bos_id):
-        ctxs.append(ctx)
-        if len(ctxs) == batch_size:
-            yield _checked(n_chunks, _capture_chunk(capture, mx, model, np.stack(ctxs), sites,
-                                                    drop_bos, bos_id))
-            n_chunks, ctxs = n_chunks + 1, []
-    if ctxs:
-        yield _checked(n_chunks, _capture_chunk(capture, mx, model, np.stack(ctxs), sites,
-                                                drop_bos, bos_id))
+    n_batches, n_chunks = 0, 0
+    for tokens in context_batches(model, texts, context_len=context_len, batch_size=batch_size,
+                                  bos_id=bos_id, counter=count):
+        n_batches += 1
+        if n_batches <= skip_batches:
+            continue
+        yield _checked(n_chunks, _capture_chunk(capture, mx, model, tokens, sites, drop_bos,
+                                                bos_id))
         n_chunks += 1
-    if not n_chunks:
+    if not n_batches:
         raise _too_short(count, context_len, bos_id)
 
 

@@ -11,7 +11,10 @@ An ``ActivationSource`` has ``sites`` and ``dims`` and a
      the median (any site). The factory is called again when a pass ends. A pass
      without a single token raises ``EmptyDatasetError`` naming the stage that lost
      them: no chunks at all, chunks without tokens, or every token dropped as an outlier.
-Both are deterministic given the seed, so a resumed run replays the same batches.
+  4. ``sae.data.store.ActivationStore``: an on-disk store bigger than RAM (sharded
+     safetensors), read through a seeded shuffle buffer of bounded size; its batches
+     are mappings read on first access, so batches a resumed run replays cost no I/O.
+All are deterministic given the seed, so a resumed run replays the same batches.
   3. ``shard(rank, world)`` (data-parallel training) returns this rank's part:
      ``ArraySource`` -> rows [rank*b, (rank+1)*b) of each global batch of b*world rows
      (the union over ranks is exactly the single-process batch); ``StreamSource`` ->
