@@ -113,11 +113,16 @@ def ct_side(work: Path) -> None:
     torch.manual_seed(0)
     dev = torch.device("cpu")
 
+    from circuit_tracer.graph import compute_graph_scores, prune_graph
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+
     tcs = {}
     for i in range(L):
         W_enc = torch.from_numpy(ours[f"tc{i}.W_enc"]).float()  # ours [d, width]
         width = W_enc.shape[1]
-        tc = SingleLayerTranscoder(d, width, torch.nn.ReLU(), layer_idx=i, device=dev, dtype=torch.float32)
+        act = (torch.nn.ReLU() if spec["activation"] == "relu"
+               else JumpReLU(torch.full((width,), float(spec["threshold"])), bandwidth=2.0))
+        tc = SingleLayerTranscoder(d, width, act, layer_idx=i, device=dev, dtype=torch.float32)
         with torch.no_grad():
             tc.W_enc.copy_(W_enc.T)  # circuit-tracer: [width, d]
             tc.W_dec.copy_(torch.from_numpy(ours[f"tc{i}.W_dec"]))
@@ -178,7 +183,11 @@ def ct_side(work: Path) -> None:
     g_pos = run()
     model.setup_attribution = orig
 
+    pr = prune_graph(g, node_threshold=0.8, edge_threshold=0.98)
+    replacement, completeness = compute_graph_scores(g)
     out = {"adjacency": g.adjacency_matrix.float(), "adjacency_pos": g_pos.adjacency_matrix.float(),
+           "node_mask": pr.node_mask.to(torch.uint8), "edge_mask": pr.edge_mask.to(torch.uint8),
+           "logit_probabilities": g.logit_probabilities.float(),
            "active_features": g.active_features.long(), "selected_features": g.selected_features.long(),
            "activation_values": g.activation_values.float(), "input_tokens": g.input_tokens.long()}
     # C order: safetensors writes a transposed view's raw buffer (active_features is indices().T)
@@ -186,6 +195,7 @@ def ct_side(work: Path) -> None:
     save_file({**out, "logits": np.ascontiguousarray(logits)}, str(work / "ct.safetensors"))
     (work / "ct.json").write_text(json.dumps({
         "times_s": times, "logit_max_abs_diff": logit_diff,
+        "replacement": replacement, "completeness": completeness,
         "logit_targets": [int(t.vocab_idx) for t in g.logit_targets],
         "torch_threads": torch.get_num_threads(),
         "versions": {p: md.version(p) for p in ("circuit-tracer", "transformer-lens", "transformers",
@@ -252,6 +262,37 @@ def _compare(A_o, A_c, types) -> dict:
             "max_abs_weight": float(np.abs(A_o).max())}
 
 
+def _compare_pruning(g, ct: dict, io: list, ic: list) -> dict:
+    """Our influence pruning (0.8 / 0.98) and graph scores against circuit-tracer's, on the
+    common nodes: node masks, edge masks (A[target, source] orientation) and logit weights."""
+    import numpy as np
+
+    from circuits.prune import prune
+    from circuits.prune.scores import graph_scores
+
+    res = prune(g, 0.8, 0.98)
+    node_o = np.asarray(res.node_mask, bool)[io]
+    node_c = ct["node_mask"].astype(bool)[ic]
+    kept = res.graph
+    edge_o = np.zeros((g.n_nodes, g.n_nodes), bool)
+    coo = kept.adjacency.tocoo()
+    full_idx = np.asarray([g.index(k) for k in kept.keys])
+    edge_o[full_idx[coo.row], full_idx[coo.col]] = coo.data != 0
+    edge_o = edge_o[np.ix_(io, io)]
+    edge_c = ct["edge_mask"].astype(bool)[np.ix_(ic, ic)] & node_c[:, None] & node_c[None, :]
+    sc = graph_scores(g)
+    w_o = np.asarray(g.logit_weights, np.float64)
+    w_c = ct["logit_probabilities"].astype(np.float64)
+    return {"node_masks_equal": bool((node_o == node_c).all()),
+            "node_mask_mismatches": int((node_o != node_c).sum()),
+            "nodes_kept": {"ours": int(node_o.sum()), "ct": int(node_c.sum())},
+            "edge_masks_equal": bool((edge_o == edge_c).all()),
+            "edge_mask_mismatches": int((edge_o != edge_c).sum()),
+            "edges_kept": {"ours": int(edge_o.sum()), "ct": int(edge_c.sum())},
+            "logit_weights_max_abs_diff": float(np.abs(w_o - w_c).max()) if len(w_o) == len(w_c) else None,
+            "replacement": sc.replacement, "completeness": sc.completeness}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ct-side", type=Path, default=None, help=argparse.SUPPRESS)
@@ -260,6 +301,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=512, help="latents per transcoder")
     ap.add_argument("--bias", type=float, default=-1.5, help="encoder bias (sparsity)")
+    ap.add_argument("--activation", choices=["relu", "jumprelu"], default="relu",
+                    help="transcoder activation (jumprelu: f = pre * (pre > --threshold))")
+    ap.add_argument("--threshold", type=float, default=0.3, help="JumpReLU threshold")
+    ap.add_argument("--convention", choices=["circuit-tracer", "ours"], default="circuit-tracer",
+                    help="our graph's convention (circuit-tracer: identical graphs expected)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ct-python", type=Path, default=CT_PYTHON)
@@ -293,9 +339,11 @@ def main(argv=None) -> int:
     mdir = make_tiny_model("gpt2", work / "gpt2", seed=0, n_embd=args.d_model, n_layer=args.n_layers,
                            n_head=4, n_ctx=max(64, args.n_tokens), n_positions=max(64, args.n_tokens))
     model = load_model(mdir)
-    dicts = random_transcoders(model, args.width, seed=0, bias=args.bias)
+    thr = args.threshold if args.activation == "jumprelu" else 0.0
+    # JumpReLU needs pre-activations around the threshold: lift the bias by it.
+    dicts = random_transcoders(model, args.width, seed=0, bias=args.bias + thr, threshold=thr)
     ids = _prompt(model, args.n_tokens, seed=args.n_tokens)
-    cfg = GraphConfig(batch_size=args.batch_size)
+    cfg = GraphConfig(batch_size=args.batch_size, convention=args.convention)
 
     g = build_graph(model, dicts, ids, config=cfg)  # warm-up; fixes the targets
     from attribution.graph.keys import LogitNode
@@ -310,7 +358,8 @@ def main(argv=None) -> int:
             arrays[f"tc{i}.{name}"] = np.asarray(v, np.float32)
     save_file(arrays, str(work / "ours.safetensors"))
     (work / "spec.json").write_text(json.dumps({"model_dir": str(mdir), "batch_size": args.batch_size,
-                                                "repeats": args.repeats}))
+                                                "repeats": args.repeats, "activation": args.activation,
+                                                "threshold": thr}))
 
     def time_ours(n, gg=None):
         out = []
@@ -338,6 +387,9 @@ def main(argv=None) -> int:
     A_o = g.adjacency[io][:, io].toarray().astype(np.float64)
     res = _compare(A_o, ct["adjacency"][np.ix_(ic, ic)].astype(np.float64), info["types"])
     res_pos = _compare(A_o, ct["adjacency_pos"][np.ix_(ic, ic)].astype(np.float64), info["types"])
+    prune_cmp = _compare_pruning(g, ct, io, ic)
+    scale = float(np.abs(A_o).max())
+    tol = 1e-4 * scale
     # activations of the common features
     act_o = g.nodes["activation"].to_numpy()[io]
     t = np.asarray(info["types"])
@@ -346,8 +398,9 @@ def main(argv=None) -> int:
     rec = {
         "benchmark": "circuit_tracer_compare",
         "model": f"tiny-random-gpt2(d={args.d_model},L={args.n_layers},H=4,V={model.vocab_size})",
-        "dictionaries": f"random ReLU per-layer transcoders mlp_in->mlp_out width={args.width} "
-                        f"bias={args.bias}",
+        "dictionaries": f"random {args.activation} per-layer transcoders mlp_in->mlp_out width={args.width} "
+                        f"bias={args.bias + thr} threshold={thr}",
+        "convention": args.convention,
         "n_tokens": n_pos, "batch_size": args.batch_size, "repeats": args.repeats,
         "targets": targets,
         "logit_max_abs_diff": ctj["logit_max_abs_diff"],
@@ -361,11 +414,21 @@ def main(argv=None) -> int:
         "wall_s": {"ours_median": statistics.median(ours_t), "ct_median": statistics.median(ctj["times_s"]),
                    "ours": ours_t, "ct": ctj["times_s"]},
         "speedup_ct_over_ours": statistics.median(ctj["times_s"]) / statistics.median(ours_t),
-        "equal_graphs_1e-4": res_pos["max_abs_diff"] <= 1e-4,
+        "equal_graphs_1e-4": (res if args.convention == "circuit-tracer" else res_pos)["max_abs_diff"] <= 1e-4,
+        "tolerance_1e-4_max_abs_A": tol,
+        "adjacency_within_1e-4_max_abs_A": (res if args.convention == "circuit-tracer"
+                                            else res_pos)["max_abs_diff"] <= tol,
+        "pruning_0.8_0.98": prune_cmp,
+        "scores": {"ours": {"replacement": prune_cmp.pop("replacement"),
+                            "completeness": prune_cmp.pop("completeness")},
+                   "ct": {"replacement": ctj["replacement"], "completeness": ctj["completeness"]}},
         "conventions": {
             "orientation": "both A[target, source]",
-            "bos": "circuit-tracer zeroes features and errors at pos 0; compared on pos >= 1",
-            "token_nodes": "circuit-tracer W_E[tok]; ours W_E[tok] + W_pos[pos] (gpt2 resid_pre[0])",
+            "bos": ("both zero features and errors at pos 0 (convention circuit-tracer)"
+                    if args.convention == "circuit-tracer" else
+                    "circuit-tracer zeroes features and errors at pos 0; compared on pos >= 1"),
+            "token_nodes": ("both W_E[tok]" if args.convention == "circuit-tracer" else
+                            "circuit-tracer W_E[tok]; ours W_E[tok] + W_pos[pos] (gpt2 resid_pre[0])"),
             "logits": "both demeaned W_U[:, t] - mean_t W_U; targets passed as the same token ids"},
         "ct_torch_threads": ctj["torch_threads"], "peer_versions": ctj["versions"],
         "load_average_1m": os.getloadavg()[0], "environment": env,

@@ -22,6 +22,10 @@ class GraphConfig:
 
     batch_size: int = 32
     """Targets per backward pass (exact), or patched nodes / IG steps per forward."""
+    max_batch_tokens: int | None = None
+    """exact: cap on targets per backward pass × prompt tokens (the batched VJP holds about
+    that many d_model-wide rows per write site); long prompts get fewer targets per pass.
+    None = ``batch_size`` whatever the prompt length."""
     max_logits: int = 10
     """At most this many top logits become logit nodes."""
     logit_prob_mass: float = 0.95
@@ -32,6 +36,14 @@ class GraphConfig:
     """Keep the top-k |weight| incoming edges per target (None = no top-k)."""
     edge_threshold: float | None = None
     """Keep edges with |weight| >= this (None = no threshold)."""
+    max_edges: int | None = 10_000_000
+    """exact: refuse (``GraphMemoryError``, before any backward pass) when more edges than
+    this could be kept, so a large graph never grows to tens of millions of edges unasked;
+    set ``edges_per_target`` / ``max_feature_nodes`` (``GraphConfig.large_model()``) or
+    raise it. None = no limit."""
+    update_interval: int = 4
+    """exact with ``max_feature_nodes``: backward passes between recomputations of the
+    partial influence that picks the next features (circuit-tracer's ``update_interval``)."""
     feature_threshold: float = 0.0
     """A feature is active (a node) when its activation exceeds this in absolute value."""
     unreplaced_mlps: Literal["frozen", "gradient"] = "frozen"
@@ -48,6 +60,10 @@ class GraphConfig:
     """Refuse when the estimate exceeds this fraction of available memory."""
     available_memory_bytes: int | None = None
     """Memory to check against (None = MemAvailable now); for tests and shared machines."""
+    convention: Literal["ours", "circuit-tracer"] = "ours"
+    """Graph conventions (exact graphs): ours, or circuit-tracer's, which prepends BOS to the
+    prompt, zeroes position 0 (no feature or error nodes there) and gives token nodes
+    W_E[token] only (the positional embedding is a constant)."""
 
     def __post_init__(self) -> None:
         def pos_int(name, v, lo=1):
@@ -57,7 +73,10 @@ class GraphConfig:
         pos_int("batch_size", self.batch_size)
         pos_int("max_logits", self.max_logits)
         pos_int("ig_steps", self.ig_steps)
-        for name in ("max_feature_nodes", "edges_per_target", "available_memory_bytes"):
+        pos_int("update_interval", self.update_interval)
+        if self.max_batch_tokens is not None:
+            pos_int("max_batch_tokens", self.max_batch_tokens)
+        for name in ("max_feature_nodes", "edges_per_target", "available_memory_bytes", "max_edges"):
             if getattr(self, name) is not None:
                 pos_int(name, getattr(self, name), 0)
         if not 0 < self.logit_prob_mass <= 1:
@@ -70,8 +89,25 @@ class GraphConfig:
             raise AttributionMethodError(f"feature_threshold must be >= 0, got {self.feature_threshold}")
         if self.unreplaced_mlps not in ("frozen", "gradient"):
             raise AttributionMethodError(f"unreplaced_mlps {self.unreplaced_mlps!r}; 'frozen' or 'gradient'")
+        if self.convention not in ("ours", "circuit-tracer"):
+            raise AttributionMethodError(f"convention {self.convention!r}; 'ours' or 'circuit-tracer'")
         if self.ablation not in ABLATIONS:
             raise AttributionMethodError(f"ablation {self.ablation!r}; one of {ABLATIONS}")
+
+    @classmethod
+    def large_model(cls, **overrides) -> GraphConfig:
+        """Settings for exact graphs of real models (GPT-2 small to a few billion parameters).
+
+        circuit-tracer's budget: the logits, then the 7,500 most influential features
+        (``max_feature_nodes``, ordered by partial influence, recomputed every 4 passes);
+        each target keeps its 1,024 largest incoming edges (at most ~7.7M edges, about
+        62 MB; the rest is recorded as dropped mass); 64 targets per backward pass, fewer
+        for prompts longer than 128 tokens (``max_batch_tokens`` 8,192). ``overrides``
+        replace any field, e.g. ``GraphConfig.large_model(max_feature_nodes=2000)``."""
+        base = {"max_feature_nodes": 7500, "edges_per_target": 1024, "batch_size": 64,
+                "max_batch_tokens": 8192, "update_interval": 4}
+        base.update(overrides)
+        return cls(**base)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""

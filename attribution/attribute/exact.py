@@ -2,27 +2,47 @@
 
 Algorithm (``exact_rows``):
   1. Targets are feature nodes (value: pre-activation) and logit nodes
-     (value: final-norm output · direction at their position).
-  2. A batch of B targets tiles the prompt B times. Copy b is seeded with its
-     target's encoder row at the unit's input site and position (feature) or
-     its direction at the final-norm output (logit): the objective is
-     Σ_b seed_b · output_b, one VJP (``mx.grad``) w.r.t. zero write deltas at
-     every write site gives each copy's gradient G_b at every write site.
-  3. Row b over sources: token p: G_tok[b,p] · embed[p]; error (l,p):
-     G_l[b,p] · error_l[p]; feature (i,p,a): f · Σ_j (G_j[b] @ W_dec(i→j)ᵀ)[p,a]
-     (j over the unit's target layers; one matmul per layer, then a gather).
-     Sources at or above the target's layer are zeroed (no such path exists;
-     this only removes round-off).
-  4. Each dense block goes to ``SparseRowBuilder`` (top-k / threshold,
-     dropped mass recorded), so memory grows with the kept edges.
-  5. With ``max_feature_nodes``: logit rows first; then repeatedly compute
-     the influence of every feature on the logits from the rows so far
-     (influence = Σ_k w·A_nᵏ, A_n the row-normalised |A|) and process the
-     highest-influence unprocessed features, until the cap (circuit-tracer).
+     (value: final-norm output · direction at their position). Each target's
+     row holds its direct effect from every token, feature and error node.
+  2. Order (circuit-tracer's feature budget): the logit rows first; then, with
+     ``max_feature_nodes``, repeatedly (every ``update_interval`` ×
+     ``batch_size`` targets) the partial influence of every feature on the
+     logits is computed from the kept rows so far, influence = Σ_k w·A_nᵏ with
+     A_n = |A| row-normalised by each row's full |mass| (kept + dropped), and
+     the highest-influence unprocessed features are taken next until the
+     budget is spent. Without a budget every active feature is processed. Each chunk is sorted by
+     (position, layer) or (layer, position), whichever makes its batches
+     cheaper, so that a batch's targets share a short prompt prefix or a low
+     top layer (step 3 then does less work).
+  3. One batch of b targets is one VJP of the linearised model: the forward
+     runs once on the prompt prefix [0, P) that holds every target of the
+     batch (causality: later positions cannot reach them), and ``mx.vmap``
+     maps its VJP over b cotangents: target r's cotangent is its encoder
+     column at (its layer's encoder input, its position), or its direction
+     at the final-norm output. Only write sites below the batch's top target
+     layer are differentiated, and only the seeded outputs are returned, so
+     MLX never computes the layers above. Every copy shares the same primal
+     (zero write deltas), so this equals the tiled batched VJP at 1/b of the
+     forward cost.
+  4. Row r over sources: token p: G_tok[r,p] · embed[p]; error (l,p):
+     G_l[r,p] · error_l[p]; feature (i,p,a) of activation f:
+     f · Σ_j G_j[r,p] · W_dec(i→j)[a] (j over the unit's target layers). The
+     feature part never forms G_j @ W_decᵀ over the full width (b·P·d·m
+     FLOPs): features are grouped in rows sharing a position
+     (``nodes.feature_rows``), and per row the decoder rows of its K active
+     features are gathered and multiplied with the gradient at that one
+     position, G_j[:, p] [b, d] · W[K, d]ᵀ, on numpy views of the evaluated
+     gradients (b·F·d FLOPs in all). Sources at or above the target's layer
+     are zeroed (no path exists; this only removes round-off).
+  5. Each dense block [b, N] goes to ``SparseRowBuilder`` (top-k / threshold,
+     dropped mass recorded), which keeps the only copy of the kept edges; the
+     influence of step 2 reads those rows in place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -31,10 +51,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from attribution.attribute.config import GraphConfig
-from attribution.attribute.nodes import NodeSet, flat_take
+from attribution.attribute.nodes import NodeSet, feature_rows
+from attribution.attribute.preflight import check_exact_memory
 from attribution.graph.sparsify import SparseRowBuilder
-from attribution.replacement.linear import linear_forward, zero_deltas
-from attribution.replacement.units import targets_of, write_vectors
+from attribution.replacement.linear import linear_forward
+from attribution.replacement.units import encoder as probe_encoder
+from attribution.replacement.units import pre_acts, targets_of, write_vectors
 
 Progress = Callable[[str, int, int], None] | None
 
@@ -50,144 +72,308 @@ class ExactRows(NamedTuple):
     """[N] bool: rows computed (all logits, processed features)."""
     backward_passes: int
     """Number of batched VJPs run."""
+    seconds: dict | None = None
+    """Wall seconds per phase: ``vjp`` (the batched VJPs and the rows' contraction),
+    ``rows`` (sparsification and row masses), ``order`` (partial influence)."""
 
 
-class _Ctx:
-    """Per-graph constants: numpy encoders, write vectors, source layers."""
+def encoder_matrix(unit) -> mx.array:
+    """The unit's affine encoder matrix W [d_in, m] (pre_acts(x) = x @ W + b).
+
+    The dictionary's own ``W_enc`` (a view: no copy) when it has one of the expected
+    shapes ([d_in, m], circuit-tracer's [m, d_in], or a CLT's [L, d_in, m]) and a
+    seeded probe confirms pre_acts(x) − pre_acts(0) = x @ W; otherwise W is recovered
+    by probing ``pre_acts`` on the identity (a [d_in, m] copy)."""
+    d = unit.dictionary
+    d_in, m = int(d.d_in), unit.width
+    w = getattr(d, "W_enc", None)
+    if w is not None and unit.kind == "clt" and w.ndim == 3:
+        w = w[unit.layer]
+    if w is not None and w.ndim == 2:
+        if tuple(w.shape) == (m, d_in) and m != d_in:
+            w = w.T
+        if tuple(w.shape) == (d_in, m):
+            x = mx.random.normal((3, d_in), key=mx.random.key(12345))
+            lhs = pre_acts(unit, x) - pre_acts(unit, mx.zeros((1, d_in)))
+            rhs = x @ w.astype(mx.float32)
+            err = float(mx.max(mx.abs(lhs.astype(mx.float32) - rhs)))
+            if err <= 1e-3 * max(1.0, float(mx.max(mx.abs(rhs)))):
+                return w
+    w = probe_encoder(unit)[0]
+    mx.eval(w)
+    return w
+
+
+class _Plan:
+    """Per-graph constants: encoder views, decoder views, feature rows, node tables."""
 
     def __init__(self, rm, state, nodes: NodeSet, targets, config: GraphConfig) -> None:
-        self.rm, self.state, self.nodes, self.targets, self.config = rm, state, nodes, targets, config
-        self.enc = {l: np.asarray(rm.encoder(l)[0], dtype=np.float32) for l in rm.units}
-        self.dirs = np.asarray(targets.directions, dtype=np.float32)
+        self.rm, self.state, self.nodes, self.config = rm, state, nodes, config
+        self.layers = list(rm.units)
+        self.site_layer = np.array([-1] + self.layers)  # write site k's layer (0: tokens)
+        self.enc = {l: encoder_matrix(rm.units[l]) for l in self.layers}
+        self.dirs = targets.directions
+        self.weights = np.asarray(targets.weights, dtype=np.float64)
         self.layer_of = nodes.layer_of(rm.model.n_layers)
-        self.wdec_t = {(i, j.layer): write_vectors(u, j).T for i, u in rm.units.items()
-                       for j in targets_of(u, rm.units)}
-        self.feat_index = {}  # global feature index -> (layer, pos, feature)
-        for f in nodes.features.values():
-            for k in range(len(f.pos)):
-                self.feat_index[f.offset + k] = (f.layer, int(f.pos[k]), int(f.feature[k]))
+        self.pos_of = nodes.pos_of
+        self.latent_of = nodes.latent_of
+        self.rows = {l: feature_rows(f, nodes.n_tokens) for l, f in nodes.features.items()}
+        self.writes = {l: [(self.layers.index(j.layer), j.layer) for j in targets_of(rm.units[l], rm.units)]
+                       for l in self.layers}
+        self.dec = {(i, j): write_vectors(rm.units[i], rm.units[j]) for i in self.layers
+                    for _, j in self.writes[i]}
+        self.tiled = bool(getattr(rm.model, "quantized", False))
+        self._dec_np = {key: np.asarray(w) for key, w in self.dec.items() if w.dtype == mx.float32}
+
+    def dec_np(self, i: int, j: int, r: int) -> np.ndarray:
+        """Decoder rows of layer i's features at target j: the float32 [m, d] matrix (a
+        numpy view, gathered per row by the caller) or, for other dtypes, the first r
+        feature rows gathered and cast by MLX ([r, K, d])."""
+        w = self._dec_np.get((i, j))
+        if w is not None:
+            return w
+        fr = self.rows[i]
+        idx = mx.array(fr.feature[:r].reshape(-1))
+        w = mx.take(self.dec[(i, j)], idx, axis=0).astype(mx.float32)
+        return np.asarray(w).reshape(r, fr.feature.shape[1], -1)
 
 
-def _seeds(ctx: _Ctx, batch: list[int]):
-    t, n_logit0 = ctx.nodes.n_tokens, ctx.nodes.logit_offset
-    b, d = len(batch), ctx.rm.model.d_model
-    per_layer: dict = {}
-    norm = np.zeros((b, t, d), np.float32)
-    use_norm = False
-    for r, node in enumerate(batch):
-        if node >= n_logit0:
-            norm[r, -1] = ctx.dirs[node - n_logit0]
-            use_norm = True
-        else:
-            layer, pos, feat = ctx.feat_index[node]
-            s = per_layer.setdefault(layer, np.zeros((b, t, ctx.enc[layer].shape[0]), np.float32))
-            s[r, pos] = ctx.enc[layer][:, feat]
-    return {l: mx.array(s) for l, s in per_layer.items()}, (mx.array(norm) if use_norm else None)
+def _truncate(state, n_pos: int):
+    """The clean state restricted to positions [0, n_pos) (lazy slices; unused ones never run)."""
+    if n_pos == int(state.tokens.shape[1]):
+        return state
+    p = n_pos
+    return dataclasses.replace(
+        state, tokens=state.tokens[:, :p], embed=state.embed[:p],
+        x_in={l: v[:p] for l, v in state.x_in.items()}, out={l: v[:p] for l, v in state.out.items()},
+        error={l: v[:p] for l, v in state.error.items()},
+        mlp_out={l: v[:p] for l, v in state.mlp_out.items()},
+        patterns={l: v[..., :p, :p] for l, v in state.patterns.items()})
 
 
-def _block(ctx: _Ctx, batch: list[int]) -> np.ndarray:
-    rm, st, nodes = ctx.rm, ctx.state, ctx.nodes
-    seeds, norm_seed = _seeds(ctx, batch)
-    layers = list(rm.units)
-
-    def objective(deltas):
-        lo = linear_forward(rm, st, deltas, ctx.config.unreplaced_mlps)
-        total = mx.array(0.0)
-        for l, s in seeds.items():
-            total = total + mx.sum(lo.x_in[l] * s)
-        if norm_seed is not None:
-            total = total + mx.sum(lo.norm_out * norm_seed)
-        return total
-
-    grads = mx.grad(objective)(zero_deltas(rm, st, len(batch)))
-    parts = [mx.sum(grads[0] * st.embed[None], axis=-1)]
-    for i, f in nodes.features.items():
-        u = rm.units[i]
-        gw = None
-        for j in targets_of(u, rm.units):
-            term = grads[1 + layers.index(j.layer)] @ ctx.wdec_t[(i, j.layer)]
-            gw = term if gw is None else gw + term
-        parts.append(flat_take(gw, f.pos, f.feature, u.width) * mx.array(f.act)[None])
-    for k, l in enumerate(layers):
-        parts.append(mx.sum(grads[1 + k] * st.error[l][None], axis=-1))
-    block = np.asarray(mx.concatenate(parts, axis=1), dtype=np.float32)
-    tgt_layer = ctx.layer_of[np.asarray(batch)]
-    block[ctx.layer_of[None, : block.shape[1]] >= tgt_layer[:, None]] = 0.0
-    return np.concatenate([block, np.zeros((len(batch), nodes.n_logits), np.float32)], axis=1)
+def _cotangents(plan: _Plan, batch: np.ndarray, n_pos: int, seeded: list, logits: bool):
+    """Per seeded output: [b, 1, P, d] zeros except each target's seed at its position."""
+    nodes, st = plan.nodes, plan.state
+    b = len(batch)
+    rows = np.arange(b)
+    out = []
+    lay, pos = plan.layer_of[batch], plan.pos_of[batch]
+    is_feat = batch < nodes.error_offset
+    for l in seeded:
+        sel = np.flatnonzero(is_feat & (lay == l))
+        cols = mx.take(plan.enc[l], mx.array(plan.latent_of[batch[sel]].astype(np.int32)), axis=1).T
+        d = int(cols.shape[1])
+        z = mx.zeros((b * n_pos, d), dtype=st.x_in[l].dtype)
+        z[mx.array((rows[sel] * n_pos + pos[sel]).astype(np.int32))] = cols.astype(z.dtype)
+        out.append(z.reshape(b, 1, n_pos, d))
+    if logits:
+        sel = np.flatnonzero(batch >= nodes.logit_offset)
+        dirs = mx.take(plan.dirs, mx.array((batch[sel] - nodes.logit_offset).astype(np.int32)), axis=0)
+        d = int(dirs.shape[1])
+        z = mx.zeros((b * n_pos, d), dtype=st.norm_out.dtype)
+        z[mx.array((rows[sel] * n_pos + n_pos - 1).astype(np.int32))] = dirs.astype(z.dtype)
+        out.append(z.reshape(b, 1, n_pos, d))
+    return out
 
 
-def _partial_influence(n: int, blocks: list, weights: np.ndarray, logit_offset: int,
-                       depth: int) -> np.ndarray:
-    """Σ_k w·A_nᵏ (k >= 1) from the sparse rows computed so far."""
-    coos = [(t, m.tocoo()) for t, m in blocks]
-    rows = np.concatenate([t[c.row] for t, c in coos])
-    cols = np.concatenate([c.col for _, c in coos])
-    vals = np.abs(np.concatenate([c.data for _, c in coos])).astype(np.float64)
-    a = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
-    s = np.asarray(a.sum(axis=1)).ravel()
-    s[s == 0] = 1.0
-    a_n = sp.diags(1.0 / s) @ a
+def _site_grads(plan: _Plan, st, batch: np.ndarray, n_pos: int, top: int, seeded: list,
+                logits: bool) -> dict:
+    """Gradient [b, P, d] of each target at every write site below ``top`` (step 3).
+
+    ``mx.vmap`` of one VJP over the targets' cotangents: the primal (the linearised
+    forward at zero write deltas) is the same for every target, so it runs once.
+    MLX 0.32 cannot vmap quantized matmuls, so a quantized model tiles the prompt
+    b times and takes one ``mx.grad`` of Σ_r seed_r · output_r instead."""
+    cts = _cotangents(plan, batch, n_pos, seeded, logits)
+    d_model, b = plan.rm.model.d_model, len(batch)
+    diff = [k for k, l in enumerate(plan.site_layer) if l < top]  # sites that can reach a target
+    zeros = mx.zeros((1, n_pos, d_model), dtype=st.embed.dtype)
+
+    def outputs(live: list) -> list:
+        deltas = [zeros] * len(plan.site_layer)
+        for k, v in zip(diff, live):
+            deltas[k] = v
+        lo = linear_forward(plan.rm, st, deltas, plan.config.unreplaced_mlps)
+        return [lo.x_in[l] for l in seeded] + ([lo.norm_out] if logits else [])
+
+    if plan.tiled:
+        def objective(live):
+            return sum(mx.sum(o * c[:, 0]) for o, c in zip(outputs(live), cts))
+
+        grads = mx.grad(objective)([mx.zeros((b, n_pos, d_model), dtype=zeros.dtype) for _ in diff])
+        return dict(zip(diff, grads))
+    primals = [zeros] * len(diff)
+
+    def vjp(*c):
+        return mx.vjp(lambda *live: outputs(list(live)), primals, list(c))[1]
+
+    return {k: g[:, 0] for k, g in zip(diff, mx.vmap(vjp)(*cts))}
+
+
+def _block(plan: _Plan, batch: np.ndarray) -> np.ndarray:
+    """Dense rows [b, N] of one batch of targets (module docstring, steps 3-4)."""
+    rm, nodes = plan.rm, plan.nodes
+    b = len(batch)
+    n_pos = int(plan.pos_of[batch].max()) + 1
+    top = int(plan.layer_of[batch].max())
+    st = _truncate(plan.state, n_pos)
+    is_feat = batch < nodes.error_offset
+    seeded = sorted(set(plan.layer_of[batch[is_feat]].tolist()))
+    logits = bool((~is_feat).any())
+    grads = _site_grads(plan, st, batch, n_pos, top, seeded, logits)  # site -> [b, P, d]
+    parts = [(np.arange(n_pos), mx.sum(grads[0] * st.embed[None].astype(grads[0].dtype), axis=-1))]
+    for k in sorted(grads)[1:]:
+        l = int(plan.site_layer[k])
+        cols = nodes.error_offset + plan.layers.index(l) * nodes.n_tokens + np.arange(n_pos)
+        parts.append((cols, mx.sum(grads[k] * st.error[l][None].astype(grads[k].dtype), axis=-1)))
+    mx.eval(list(grads.values()), [v for _, v in parts])
+    block = np.zeros((b, nodes.n_nodes), dtype=np.float32)
+    for cols, vals in parts:
+        block[:, cols] = np.asarray(vals.astype(mx.float32))
+    del parts
+    g_np = {k: np.asarray(g if g.dtype == mx.float32 else g.astype(mx.float32)) for k, g in grads.items()}
+    del grads
+    for i in plan.layers:
+        fr = plan.rows.get(i)
+        r = 0 if fr is None or i >= top else fr.prefix(n_pos)
+        if r:
+            vals = _feature_edges(plan, i, r, g_np)
+            ok = fr.node[:r] >= 0
+            block[:, fr.node[:r][ok]] = vals[:, ok]
+    # No path reaches a target from its own layer or above: zero any round-off there.
+    block[plan.layer_of[None, :] >= plan.layer_of[batch][:, None]] = 0.0
+    return block
+
+
+def _feature_edges(plan: _Plan, i: int, r: int, grads: dict) -> np.ndarray:
+    """[b, r, K] edges from layer i's first r feature rows: f · Σ_j G_j[:, pos] · W_dec(i→j)[a].
+
+    One small BLAS product per row (G_j[:, pos] is a strided [b, d] view, so nothing
+    is copied or transposed), on numpy views of MLX's buffers: MLX's gathers and
+    transposes of [b, P, d] arrays cost more than the products themselves."""
+    fr = plan.rows[i]
+    b = next(iter(grads.values())).shape[0]
+    acc = np.zeros((r, b, fr.feature.shape[1]), np.float32)
+    for site, j in plan.writes[i]:
+        g = grads.get(site + 1)
+        if g is None:  # a CLT write site above every target of the batch
+            continue
+        dec = plan.dec_np(i, j, r)
+        for row in range(r):
+            w = dec[fr.feature[row]] if dec.ndim == 2 else dec[row]
+            acc[row] += g[:, fr.pos[row], :] @ w.T
+    acc *= fr.act[:r, None, :]
+    return acc.transpose(1, 0, 2)
+
+
+def partial_influence(builder: SparseRowBuilder, inv_mass: np.ndarray, weights: np.ndarray,
+                      logit_offset: int, depth: int) -> np.ndarray:
+    """Σ_k w·A_nᵏ (k >= 1) over the rows kept so far, read in place from ``builder``.
+
+    A_n[t, s] = |A[t, s]| · inv_mass[t]; one pass over the kept edges per step,
+    at most ``depth`` steps (the graph is a DAG of that depth)."""
+    n = builder.n_nodes
     x = np.zeros(n)
     x[logit_offset: logit_offset + len(weights)] = weights
     total = np.zeros(n)
-    for _ in range(depth + 2):  # the graph is a DAG of depth <= n_layers + 1
-        x = a_n.T @ x
+    for _ in range(depth):
+        v = x * inv_mass
+        y = np.zeros(n)
+        for t, rows in builder.batches:
+            vt = v[t]
+            if rows.nnz and vt.any():
+                mag = sp.csr_matrix((np.abs(rows.data), rows.indices, rows.indptr), shape=rows.shape)
+                y += mag.T @ vt
+        x = y
         if not x.any():
             break
         total += x
     return total
 
 
-def _keep_sparse(block: np.ndarray, k: int | None) -> sp.csr_matrix:
-    if k is not None and k < block.shape[1]:
-        idx = np.argpartition(-np.abs(block), k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(block), 0), int)
-        keep = np.zeros_like(block, dtype=bool)
-        np.put_along_axis(keep, idx, True, axis=1)
-        block = np.where(keep, block, 0.0)
-    return sp.csr_matrix(block)
+def _cost_order(plan: _Plan, idx: np.ndarray, bs: int) -> np.ndarray:
+    """``idx`` in the cheaper of (position, layer) and (layer, position) order.
+
+    A batch's backward pass runs over its longest prompt prefix and up to its top
+    layer, so it costs about b · (max position + 1) · (top layer + 1); consecutive
+    batches of ``bs`` in either order share prefixes or layers, and the order whose
+    batches cost less in total is used."""
+    pos, lay = plan.pos_of[idx], plan.layer_of[idx] + 1  # tokens would be layer 0
+    best, best_cost = idx, None
+    for keys in ((idx, lay, pos), (idx, pos, lay)):
+        order = np.lexsort(keys)
+        p, l = pos[order], lay[order]
+        cost = sum(len(p[s: s + bs]) * (int(p[s: s + bs].max()) + 1) * int(l[s: s + bs].max())
+                   for s in range(0, len(order), bs))
+        if best_cost is None or cost < best_cost:
+            best, best_cost = idx[order], cost
+    return best
 
 
-def _order(ctx: _Ctx, blocks: list, done: np.ndarray, want: int) -> list[int]:
-    nodes = ctx.nodes
-    feats = np.arange(nodes.n_tokens, nodes.error_offset)
-    todo = feats[~done[feats]]
-    if ctx.config.max_feature_nodes is None:
-        return todo[:want].tolist()
-    infl = _partial_influence(nodes.n_nodes, blocks, ctx.targets.weights, nodes.logit_offset,
-                              ctx.rm.model.n_layers)
-    return todo[np.argsort(-infl[todo], kind="stable")][:want].tolist()
+def effective_batch_size(config: GraphConfig, n_tokens: int) -> int:
+    """Targets per VJP: ``batch_size``, capped so batch × tokens <= ``max_batch_tokens``."""
+    if config.max_batch_tokens is None:
+        return config.batch_size
+    return max(1, min(config.batch_size, config.max_batch_tokens // max(1, n_tokens)))
 
 
 def exact_rows(rm, state, nodes: NodeSet, targets, config: GraphConfig,
                progress: Progress = None) -> ExactRows:
-    """Compute and sparsify all target rows (module docstring)."""
-    ctx = _Ctx(rm, state, nodes, targets, config)
-    n, bs = nodes.n_nodes, config.batch_size
+    """Compute and sparsify all target rows (module docstring).
+
+    Raises ``GraphMemoryError`` before any backward pass when the preflight
+    (``preflight.estimate_exact_memory``) says the build does not fit."""
+    check_exact_memory(rm, nodes.n_tokens, config, nodes, nodes.n_logits)
+    mx.clear_cache()  # the clean forward's freed buffers: the batches reallocate what they need
+    plan = _Plan(rm, state, nodes, targets, config)
+    n = nodes.n_nodes
+    bs = effective_batch_size(config, nodes.n_tokens)
     builder = SparseRowBuilder(n, k=config.edges_per_target, threshold=config.edge_threshold)
     done = np.zeros(n, dtype=bool)
-    cap = nodes.n_features if config.max_feature_nodes is None else min(config.max_feature_nodes,
-                                                                        nodes.n_features)
+    inv_mass = np.zeros(n)
+    n_feat = nodes.n_features
+    cap = n_feat if config.max_feature_nodes is None else min(config.max_feature_nodes, n_feat)
     total_rows = nodes.n_logits + cap
-    blocks: list = []
+    depth = len(plan.layers) + 2
+    feats = np.arange(nodes.n_tokens, nodes.error_offset)
+    secs = {"vjp": 0.0, "rows": 0.0, "order": 0.0}
     passes = 0
-    queue = list(range(nodes.logit_offset, n))
-    processed_feats = 0
-    while queue or processed_feats < cap:
-        if not queue:
-            want = min(cap - processed_feats, bs * 4)
-            queue = _order(ctx, blocks, done, want)
-            processed_feats += len(queue)
-        batch, queue = queue[:bs], queue[bs:]
-        block = _block(ctx, batch)
-        passes += 1
-        builder.add(batch, block)
-        done[batch] = True
-        if config.max_feature_nodes is not None:
-            blocks.append((np.asarray(batch), _keep_sparse(block, config.edges_per_target)))
-        if progress is not None:
-            progress("exact", int(done.sum()), total_rows)
+
+    def run(queue: np.ndarray) -> None:
+        nonlocal passes
+        for s in range(0, len(queue), bs):
+            batch = queue[s: s + bs]
+            t0 = time.perf_counter()
+            block = _block(plan, batch)
+            t1 = time.perf_counter()
+            passes += 1
+            mass = builder.add(batch, block)  # full row |mass|: kept + dropped
+            del block
+            inv_mass[batch] = np.where(mass > 0, 1.0 / np.where(mass > 0, mass, 1.0), 0.0)
+            done[batch] = True
+            secs["rows"] += time.perf_counter() - t1
+            secs["vjp"] += t1 - t0
+            if progress is not None:
+                progress("exact", int(done.sum()), total_rows)
+
+    run(np.arange(nodes.logit_offset, n))
+    if cap >= n_feat:
+        run(_cost_order(plan, feats, bs))
+    else:
+        chunk = config.update_interval * config.batch_size  # same cadence at any prompt length
+        processed = 0
+        while processed < cap:
+            t0 = time.perf_counter()
+            infl = partial_influence(builder, inv_mass, plan.weights, nodes.logit_offset, depth)
+            todo = feats[~done[feats]]
+            want = min(cap - processed, chunk)
+            # Highest influence first, ties by index (deterministic), then cost order.
+            pick = todo[np.lexsort((todo, -infl[todo]))[:want]]
+            secs["order"] += time.perf_counter() - t0
+            run(_cost_order(plan, pick, bs))
+            processed += want
     rows = builder.finish()
-    return ExactRows(rows.adjacency, rows.dropped_mass, done, passes)
+    return ExactRows(rows.adjacency, rows.dropped_mass, done, passes, secs)
 
 
-__all__ = ["ExactRows", "exact_rows"]
+__all__ = ["ExactRows", "effective_batch_size", "encoder_matrix", "exact_rows", "partial_influence"]

@@ -11,8 +11,10 @@ each batch is reduced as it arrives:
    With both: keep entries that pass both. With neither: keep every non-zero.
 3. ``dropped_mass[target]`` += sum of |weight| over the row's entries not kept
    (accumulated in float64).
-4. Kept (column, value) pairs are appended per batch; ``finish`` concatenates them into
-   one CSR matrix (rows sorted, columns sorted within rows), so peak memory is the
+4. The kept entries of each batch are stored once, as a small CSR matrix over the
+   batch's rows (``batches``); graph builders read them in place (e.g. for influence
+   ordering) instead of keeping a second copy. ``finish`` stacks the batches and
+   orders the rows into one canonical CSR matrix, so peak memory is about twice the
    kept edges plus one dense batch.
 
 Each target row may be given at most once; rows never given stay empty.
@@ -51,13 +53,17 @@ class SparseRowBuilder:
         self.n_nodes, self.k, self.threshold = int(n_nodes), k, threshold
         self.dropped_mass = np.zeros(self.n_nodes)
         self._seen = np.zeros(self.n_nodes, dtype=bool)
-        self._rows: list[np.ndarray] = []
-        self._cols: list[np.ndarray] = []
-        self._vals: list[np.ndarray] = []
+        self._batches: list[tuple[np.ndarray, sp.csr_matrix]] = []
         self._dtype: np.dtype | None = None
+        self.n_edges = 0
+        """Edges kept so far."""
 
-    def _keep_mask(self, block: np.ndarray) -> np.ndarray:
-        mag = np.abs(block)
+    @property
+    def batches(self) -> list[tuple[np.ndarray, sp.csr_matrix]]:
+        """(targets [b], kept rows as CSR [b, n_nodes]) per added batch; read-only views."""
+        return self._batches
+
+    def _keep_mask(self, block: np.ndarray, mag: np.ndarray) -> np.ndarray:
         keep = mag > 0
         if self.threshold is not None:
             keep &= mag >= self.threshold
@@ -65,13 +71,15 @@ class SparseRowBuilder:
             # The k largest |w| per row; entries outside that set are dropped.
             top = np.zeros_like(keep)
             if self.k > 0:
-                idx = np.argpartition(-mag, self.k - 1, axis=1)[:, : self.k]
+                idx = np.argpartition(mag, block.shape[1] - self.k, axis=1)[:, block.shape[1] - self.k:]
                 np.put_along_axis(top, idx, True, axis=1)
             keep &= top
         return keep
 
-    def add(self, targets, block) -> None:
-        """Add dense rows ``block[i]`` (shape [b, n_nodes]) for target rows ``targets[i]``."""
+    def add(self, targets, block) -> np.ndarray:
+        """Add dense rows ``block[i]`` (shape [b, n_nodes]) for target rows ``targets[i]``.
+
+        Returns each row's total |weight| (kept + dropped, float64)."""
         targets = np.asarray(targets, dtype=np.int64).reshape(-1)
         block = np.asarray(block)
         if block.ndim != 2 or block.shape != (targets.size, self.n_nodes):
@@ -84,24 +92,45 @@ class SparseRowBuilder:
             raise SparsifyError(f"target rows must lie in [0, {self.n_nodes})")
         if len(np.unique(targets)) != targets.size or self._seen[targets].any():
             raise SparsifyError("a target row was given twice")
-        if not np.isfinite(block).all():
+        mag = np.abs(block)
+        total = mag.sum(axis=1, dtype=np.float64)
+        if not np.isfinite(total).all():  # one reduction, no [b, N] boolean
             raise SparsifyError("rows contain non-finite values")
         self._dtype = block.dtype
         self._seen[targets] = True
-        keep = self._keep_mask(block)
-        self.dropped_mass[targets] += np.where(keep, 0.0, np.abs(block, dtype=np.float64)).sum(axis=1)
-        r, c = np.nonzero(keep)
-        self._rows.append(targets[r])
-        self._cols.append(c.astype(np.int64))
-        self._vals.append(block[r, c])
+        keep = self._keep_mask(block, mag)
+        # float64 accumulation of the (float32) magnitudes not kept, without a float64 copy.
+        np.putmask(mag, keep, 0)
+        self.dropped_mass[targets] += mag.sum(axis=1, dtype=np.float64)
+        del mag
+        r, c = np.nonzero(keep)  # row-major: columns come sorted within each row
+        indptr = np.zeros(targets.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=targets.size), out=indptr[1:])
+        idx = np.int32 if self.n_nodes < 2**31 else np.int64
+        rows = sp.csr_matrix((block[r, c], c.astype(idx), indptr.astype(idx)),
+                             shape=(targets.size, self.n_nodes))
+        self._batches.append((targets, rows))
+        self.n_edges += int(rows.nnz)
+        return total
 
     def finish(self) -> SparseRows:
-        """Assemble the kept edges into a canonical CSR matrix."""
+        """Assemble the kept edges into a canonical CSR matrix (the batches are released)."""
         dtype = self._dtype or np.float32
-        rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
-        cols = np.concatenate(self._cols) if self._cols else np.zeros(0, np.int64)
-        vals = np.concatenate(self._vals) if self._vals else np.zeros(0, dtype)
-        adj = sp.coo_matrix((vals, (rows, cols)), shape=(self.n_nodes, self.n_nodes)).tocsr()
+        n = self.n_nodes
+        if not self._batches:
+            return SparseRows(sp.csr_matrix((n, n), dtype=dtype), self.dropped_mass.copy())
+        targets = np.concatenate([t for t, _ in self._batches])
+        stacked = sp.vstack([r for _, r in self._batches], format="csr")
+        self._batches = []
+        order = np.argsort(targets, kind="stable")
+        stacked = stacked[order]
+        counts = np.zeros(n, dtype=np.int64)
+        counts[targets[order]] = np.diff(stacked.indptr)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        idx_dtype = np.int32 if max(n, int(indptr[-1])) < 2**31 else np.int64
+        adj = sp.csr_matrix((stacked.data, stacked.indices.astype(idx_dtype, copy=False),
+                             indptr.astype(idx_dtype)), shape=(n, n))
         adj.sort_indices()
         return SparseRows(adj, self.dropped_mass.copy())
 

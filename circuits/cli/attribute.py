@@ -44,6 +44,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--feature-edges", action="store_true",
                    help="atp/ig/patching: also estimate feature-to-feature edges (not just node scores)")
     p.add_argument("--ig-steps", type=positive_int, default=16, help="integration steps of --method ig")
+    p.add_argument("--convention", default="ours", choices=["ours", "circuit-tracer"],
+                   help="exact graphs: circuit-tracer's conventions (BOS prepended, position 0 zeroed, "
+                        "token nodes without the positional embedding) to reproduce its graphs")
 
 
 def task_example(model, task: str, example: int, seed: int = 0):
@@ -83,8 +86,11 @@ def build(model, dicts, args, prog=None, spec=None):
     if args.feature_edges and args.method == "exact":
         raise CLIError("--feature-edges is for --method atp, ig or patching (exact always has them)")
     ablation = _ablation(args, spec)
+    if args.convention != "ours" and args.method != "exact":
+        raise CLIError("--convention circuit-tracer applies to --method exact")
     cfg = GraphConfig(batch_size=args.batch_size, edges_per_target=args.edges_per_target,
-                      ablation=ablation, feature_edges=args.feature_edges, ig_steps=args.ig_steps)
+                      ablation=ablation, feature_edges=args.feature_edges, ig_steps=args.ig_steps,
+                      convention=args.convention)
     targets = logit_diff(model, spec.answer, spec.wrong) if spec.answer is not None else None
     cf = list(spec.corrupted) if ablation == "counterfactual" else None
     graph = build_graph(model, dicts, list(spec.clean), targets=targets, method=args.method, config=cfg,
@@ -94,8 +100,8 @@ def build(model, dicts, args, prog=None, spec=None):
     md = {**graph.metadata, "prompt_source": spec.record(),
           "prompt": graph.metadata.get("prompt") or model.tokenizer.decode(list(spec.clean)),
           "target": {"kind": spec.target_kind, "label": spec.target_label,
-                     "answer": None if spec.answer is None else model.tokenizer.decode([spec.answer]),
-                     "wrong": None if spec.wrong is None else model.tokenizer.decode([spec.wrong])}}
+                     "answer": None if spec.answer is None else model.to_str_tokens([spec.answer])[0],
+                     "wrong": None if spec.wrong is None else model.to_str_tokens([spec.wrong])[0]}}
     return replace(graph, metadata=md)
 
 
