@@ -343,7 +343,8 @@ def main(argv=None) -> int:
     # JumpReLU needs pre-activations around the threshold: lift the bias by it.
     dicts = random_transcoders(model, args.width, seed=0, bias=args.bias + thr, threshold=thr)
     ids = _prompt(model, args.n_tokens, seed=args.n_tokens)
-    cfg = GraphConfig(batch_size=args.batch_size, convention=args.convention)
+    # Every edge is compared, so no cap on kept edges (a 64-token graph keeps ~14M).
+    cfg = GraphConfig(batch_size=args.batch_size, convention=args.convention, max_edges=None)
 
     g = build_graph(model, dicts, ids, config=cfg)  # warm-up; fixes the targets
     from attribution.graph.keys import LogitNode
