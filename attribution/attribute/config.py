@@ -42,8 +42,9 @@ class GraphConfig:
     set ``edges_per_target`` / ``max_feature_nodes`` (``GraphConfig.large_model()``) or
     raise it. None = no limit."""
     update_interval: int = 4
-    """exact with ``max_feature_nodes``: backward passes between recomputations of the
-    partial influence that picks the next features (circuit-tracer's ``update_interval``)."""
+    """exact with ``max_feature_nodes``: the partial influence that picks the next features
+    is recomputed every ``update_interval`` × ``batch_size`` targets (circuit-tracer's
+    ``update_interval``, counted in passes of ``batch_size``)."""
     feature_threshold: float = 0.0
     """A feature is active (a node) when its activation exceeds this in absolute value."""
     unreplaced_mlps: Literal["frozen", "gradient"] = "frozen"
@@ -99,13 +100,15 @@ class GraphConfig:
         """Settings for exact graphs of real models (GPT-2 small to a few billion parameters).
 
         circuit-tracer's budget: the logits, then the 7,500 most influential features
-        (``max_feature_nodes``, ordered by partial influence, recomputed every 4 passes);
-        each target keeps its 1,024 largest incoming edges (at most ~7.7M edges, about
-        62 MB; the rest is recorded as dropped mass); 64 targets per backward pass, fewer
-        for prompts longer than 128 tokens (``max_batch_tokens`` 8,192). ``overrides``
-        replace any field, e.g. ``GraphConfig.large_model(max_feature_nodes=2000)``."""
+        (``max_feature_nodes``), chosen by partial influence recomputed every 1,024 targets
+        (circuit-tracer's 4 passes of 256; here 16 passes of 64, and each chunk of 1,024 is
+        ordered so that a pass's targets share a layer or a prompt prefix); each target
+        keeps its 1,024 largest incoming edges (at most ~7.7M edges, about 62 MB; the rest
+        is recorded as dropped mass); 64 targets per backward pass, fewer for prompts
+        longer than 128 tokens (``max_batch_tokens`` 8,192). ``overrides`` replace any
+        field, e.g. ``GraphConfig.large_model(max_feature_nodes=2000)``."""
         base = {"max_feature_nodes": 7500, "edges_per_target": 1024, "batch_size": 64,
-                "max_batch_tokens": 8192, "update_interval": 4}
+                "max_batch_tokens": 8192, "update_interval": 16}
         base.update(overrides)
         return cls(**base)
 

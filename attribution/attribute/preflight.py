@@ -23,27 +23,29 @@ Algorithm (``estimate_exact_memory``):
      plus the ``max_feature_nodes`` features with the most such sources (an
      upper bound, since which features are processed depends on influence).
      Stored once: 8·E (float32 value, int32 column) + 24 bytes per row.
-  4. One backward pass (the largest of): the vmapped VJP, measured at about
-     v·b·T·d·(BATCH_BASE + BATCH_PER_SITE·(U + 1)) — the write-site gradients
-     and the cotangents of the backward — plus
-     v·T·d·L·PRIMAL_PER_LAYER for the single primal forward; plus (MLX keeps
-     freed buffers cached, so the two add up in RSS) the dense rows and their
-     sparsification: b·N·(4 rows + 4 |rows| + 8 top-k indices + 3 masks) +
-     4·b·F·1.25 feature products.
+  4. One backward pass: the vmapped VJP, measured at about
+     v·b·T·d·(BATCH_BASE + BATCH_PER_SITE·(U + 1)) (the write-site gradients
+     and the cotangents of the backward; × TILED_FACTOR for a quantized model,
+     whose prompt is tiled b times instead) plus v·T·d·L·PRIMAL_PER_LAYER for
+     the single primal forward; plus (MLX keeps freed buffers cached, so the
+     two add up in RSS) the dense rows and their sparsification:
+     b·N·(4 rows + 4 |rows| + 8 top-k indices + 3 masks) + 4·b·F·1.25 feature
+     products.
   5. End of the build: the kept edges are assembled (16·E: stacked and
-     reordered copies), the graph keeps its CSR (8·E) while ``build_graph``
-     subsets and validates it (about 40·E of transient copies and checks) and
-     builds the node table (NODE_TABLE_BYTES per node, plus NODE_KEY_BYTES per
-     node for the keys of every active feature).
+     reordered copies), then ``build_graph`` keeps that CSR (8·E) while it
+     subsets, reorders and validates the graph's own (FINISH_PER_EDGE = 42·E in
+     all, counting every kept edge as surviving the subset) and builds the node
+     table (NODE_TABLE_BYTES per graph node, NODE_KEY_BYTES per active feature
+     for the keys).
   6. Peak = FIXED_BYTES + clean state + node tables + max(clean transient,
-     kept edges + one backward pass, end of the build). ``ExactMemoryEstimate.check``
-     refuses (``GraphMemoryError``, one line naming the knobs) when the peak
+     kept edges + one backward pass, end of the build).
+     ``ExactMemoryEstimate.check`` refuses (``GraphMemoryError``, one line naming the knobs) when the peak
      exceeds ``memory_fraction`` of ``available_memory_bytes`` (default: Linux
      MemAvailable now), or when E exceeds ``max_edges``.
 
 The constants of steps 4 and 5 were fitted to the peak RSS growth measured on
-GPT-2-small- and Llama-3.2-1B-shaped models (27-32 [b,T,d] buffers per target
-copy at 13-17 write sites); tests/attribution/test_memory_preflight.py checks
+GPT-2-small- and Llama-3.2-1B-shaped models (about 20-30 [T, d] buffers per
+target at 5-17 write sites); tests/attribution/test_memory_preflight.py checks
 the estimate against measured peaks at three sizes, and benchmarks/scale.py
 records the ratio for every run.
 """
@@ -64,12 +66,19 @@ BATCH_PER_SITE = 1.0
 """[b, T, d]-sized buffers per write site (its gradient, evaluated with all the others)."""
 PRIMAL_PER_LAYER = 6.0
 """[T, d]-sized buffers per layer kept by the single primal forward of a VJP."""
+TILED_FACTOR = 1.4
+"""The VJP's buffers when the prompt is tiled (quantized models: MLX cannot vmap their
+matmuls), relative to the vmapped VJP: the forward's activations exist b times too."""
 ROW_PAD = 1.25
 """Padding factor of the position-grouped feature rows before the node set is known."""
 NODE_TABLE_BYTES = 600
 """Bytes per node of the finished graph (pandas node table, keys, string columns)."""
 NODE_KEY_BYTES = 200
 """Bytes per active feature for its node key while the graph is assembled."""
+FINISH_PER_EDGE = 42
+"""Bytes per kept edge at the end of the build: the exact rows' CSR (8), the graph's subset
+and its two reorderings (3 x 8) and the validation temporaries (18; int64 targets and
+layers, masks); the subset keeps at most every edge."""
 FIXED_BYTES = 20 * 2**20
 """Working set of any build beyond the terms above (MLX and BLAS scratch, interpreter)."""
 
@@ -219,11 +228,14 @@ def estimate_exact_memory(rm, n_tokens: int, config: GraphConfig, nodes=None,
     edges = 8 * e + 24 * rows
     # 4. one backward pass
     b = effective_batch_size(config, t)
-    vjp = v * b * t * d * (BATCH_BASE + BATCH_PER_SITE * (n_units + 1)) + v * t * d * n_layers * PRIMAL_PER_LAYER
+    per_copy = BATCH_BASE + BATCH_PER_SITE * (n_units + 1)
+    if getattr(model, "quantized", False):
+        per_copy *= TILED_FACTOR
+    vjp = v * b * t * d * per_copy + v * t * d * n_layers * PRIMAL_PER_LAYER
     dense = b * n * 19 + 4 * b * slots
     batch = int(vjp + dense)
     # 5. end of the build
-    finish = 56 * e + NODE_TABLE_BYTES * (n - n_feat + min(n_feat, rows)) + NODE_KEY_BYTES * n_feat
+    finish = FINISH_PER_EDGE * e + NODE_TABLE_BYTES * (n - n_feat + min(n_feat, rows)) + NODE_KEY_BYTES * n_feat
     peak = FIXED_BYTES + clean + tables + max(clean_tmp, edges + batch, finish)
     return ExactMemoryEstimate(t, n_feat, n, rows, e, b, int(clean), int(clean_tmp), int(tables),
                                int(edges), batch, int(finish), int(peak))

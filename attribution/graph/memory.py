@@ -24,6 +24,12 @@ Formula (all counts in nodes/edges, sizes in bytes; v = ``bytes_per_value``):
 
 ``MemoryEstimate.check`` raises ``GraphMemoryError`` when the total exceeds a fraction
 of the memory available now (``MemAvailable`` from /proc/meminfo, else sysconf).
+
+This model-free formula is a quick bound from counts alone (used before the clean
+forward and for the patching-style methods). Exact graphs are checked, before any
+backward pass, by ``attribution.attribute.preflight.estimate_exact_memory``, which
+knows the model, the dictionaries, the prompt's active features and the batched
+VJP, and is tested against measured peak RSS.
 """
 
 from __future__ import annotations
