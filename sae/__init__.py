@@ -29,7 +29,8 @@ from sae.errors import (  # noqa: E402
 from sae.evaluate import evaluate  # noqa: E402
 from sae.io import (  # noqa: E402
     export_circuit_tracer, export_clt, export_saelens, import_circuit_tracer, import_clt,
-    import_saelens, load_dictionaries, load_dictionary, save_dictionaries, save_dictionary,
+    import_saelens, load_dictionaries, load_dictionary, open_dictionaries, save_dictionaries,
+    save_dictionary,
 )
 from sae.splice import evaluate_spliced  # noqa: E402
 from sae.train import TrainConfig, TrainProgress, TrainResult, train, train_on_model  # noqa: E402
@@ -42,6 +43,6 @@ __all__ = [
     "TrainConfig", "TrainProgress", "TrainResult", "UnknownArchitectureError", "architecture",
     "evaluate", "evaluate_spliced", "export_circuit_tracer", "export_clt", "export_saelens",
     "harvest_source", "import_circuit_tracer", "import_clt", "import_saelens", "load_dictionaries",
-    "load_dictionary", "save_dictionaries", "save_dictionary", "train", "train_on_model",
+    "load_dictionary", "open_dictionaries", "save_dictionaries", "save_dictionary", "train", "train_on_model",
     "write_cache",
 ]

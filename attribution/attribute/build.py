@@ -38,6 +38,7 @@ from attribution.graph.errors import GraphMemoryError
 from attribution.graph.graph import Graph
 from attribution.graph.keys import LogitNode
 from attribution.graph.memory import estimate_memory
+from attribution.model.precision import dtype_name
 from attribution.model.tokens import as_tokens
 from attribution.replacement.errors import AttributionMethodError
 from attribution.replacement.model import ReplacementModel
@@ -179,6 +180,12 @@ def build_graph(model, dictionaries, prompt_or_tokens, targets: TargetSpec = Non
     config = GraphConfig() if config is None else config
     rm = model if isinstance(model, ReplacementModel) else ReplacementModel(model, dictionaries)
     model = rm.model
+    dtype = getattr(model, "dtype", mx.float32)
+    if dtype != mx.float32:  # the rows are read back through numpy as float32 (precision policy)
+        raise AttributionMethodError(
+            f"attribution graphs compute in float32 but this model computes in {dtype_name(dtype)} "
+            "(loaded with dtype=None); load it with load_model(path), whose default casts "
+            "the weights to float32 exactly")
     convention = getattr(config, "convention", "ours")
     if convention not in CONVENTIONS:
         raise AttributionMethodError(f"unknown convention {convention!r}; one of {CONVENTIONS}")

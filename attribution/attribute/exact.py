@@ -23,7 +23,11 @@ Algorithm (``exact_rows``):
      layer are differentiated, and only the seeded outputs are returned, so
      MLX never computes the layers above. Every copy shares the same primal
      (zero write deltas), so this equals the tiled batched VJP at 1/b of the
-     forward cost.
+     forward cost. A quantized model's attention projections (the only live
+     matmuls: MLPs and patterns are frozen constants) are swapped for float32
+     dequantized copies for the duration (``attribution.model.dequant``), so
+     the VJP is vmapped with BLAS matmuls; the tiled path remains for a
+     quantized layer outside attention.
   4. Row r over sources: token p: G_tok[r,p] · embed[p]; error (l,p):
      G_l[r,p] · error_l[p]; feature (i,p,a) of activation f:
      f · Σ_j G_j[r,p] · W_dec(i→j)[a] (j over the unit's target layers). The
@@ -57,6 +61,7 @@ from attribution.attribute.nodes import NodeSet, feature_rows
 from attribution.attribute.preflight import check_exact_memory
 from attribution.graph.sparsify import SparseRowBuilder
 from attribution.replacement.linear import linear_forward
+from attribution.model.dequant import dequantized_attention
 from attribution.replacement.units import encoder as probe_encoder
 from attribution.replacement.units import pre_acts, targets_of, write_vectors
 
@@ -382,7 +387,16 @@ def exact_rows(rm, state, nodes: NodeSet, targets, config: GraphConfig,
     (``preflight.estimate_exact_memory``) says the build does not fit."""
     check_exact_memory(rm, nodes.n_tokens, config, nodes, nodes.n_logits)
     mx.clear_cache()  # the clean forward's freed buffers: the batches reallocate what they need
+    # A quantized model's live projections in float32 (attribution.model.dequant): BLAS
+    # matmuls instead of single-threaded quantized ones, and vmap instead of tiling.
+    with dequantized_attention(rm.model) as dequantized:
+        return _exact_rows(rm, state, nodes, targets, config, progress, dequantized)
+
+
+def _exact_rows(rm, state, nodes: NodeSet, targets, config: GraphConfig, progress: Progress,
+                dequantized: bool) -> ExactRows:
     plan = _Plan(rm, state, nodes, targets, config)
+    plan.tiled = plan.tiled and not dequantized
     n = nodes.n_nodes
     bs = effective_batch_size(config, nodes.n_tokens)
     builder = SparseRowBuilder(n, k=config.edges_per_target, threshold=config.edge_threshold)

@@ -25,9 +25,10 @@ Algorithm (``estimate_exact_memory``):
      Stored once: 8·E (float32 value, int32 column) + 24 bytes per row.
   4. One backward pass: the vmapped VJP, measured at about
      v·b·T·d·(BATCH_BASE + BATCH_PER_SITE·(U + 1)) (the write-site gradients
-     and the cotangents of the backward; × TILED_FACTOR for a quantized model,
-     whose prompt is tiled b times instead) plus v·T·d·L·PRIMAL_PER_LAYER for
-     the single primal forward; plus (MLX keeps freed buffers cached, so the
+     and the cotangents of the backward) plus v·T·d·L·PRIMAL_PER_LAYER for
+     the single primal forward; a quantized model adds its float32 attention
+     copies (``attention_dequant_bytes``), or × TILED_FACTOR on the first term
+     where it has none and the prompt is tiled b times; plus (MLX keeps freed buffers cached, so the
      two add up in RSS) the dense rows and their sparsification:
      b·N·(4 rows + 4 |rows| + 8 top-k indices + 3 masks) + 4·b·F·1.25 feature
      products.
@@ -59,6 +60,7 @@ import numpy as np
 from attribution.attribute.config import GraphConfig
 from attribution.graph.errors import GraphMemoryError
 from attribution.graph.memory import available_memory_bytes
+from attribution.model.dequant import attention_dequant_bytes
 
 BATCH_BASE = 14.0
 """[b, T, d]-sized buffers per backward pass independent of depth (cotangents, products)."""
@@ -229,9 +231,10 @@ def estimate_exact_memory(rm, n_tokens: int, config: GraphConfig, nodes=None,
     # 4. one backward pass
     b = effective_batch_size(config, t)
     per_copy = BATCH_BASE + BATCH_PER_SITE * (n_units + 1)
-    if getattr(model, "quantized", False):
-        per_copy *= TILED_FACTOR
-    vjp = v * b * t * d * per_copy + v * t * d * n_layers * PRIMAL_PER_LAYER
+    deq = attention_dequant_bytes(model)  # float32 attention copies of a quantized model
+    if getattr(model, "quantized", False) and not deq:
+        per_copy *= TILED_FACTOR  # no attention block found: the prompt is tiled instead
+    vjp = v * b * t * d * per_copy + v * t * d * n_layers * PRIMAL_PER_LAYER + deq
     dense = b * n * 19 + 4 * b * slots
     batch = int(vjp + dense)
     # 5. end of the build

@@ -17,6 +17,10 @@ Algorithm:
      mlp_out, W_enc ~ N(0, 1/d), W_dec ~ N(0, 1/m)); each layer's encoder
      bias is set from a calibration prompt so that about ``l0`` latents fire
      per token: b = −quantile(x·W_enc, 1 − l0/m) over the prompt's tokens.
+  3. ``sparse_clt``: one cross-layer transcoder over every layer (mlp_in of
+     layer i -> mlp_out of every layer j >= i; W_dec(i→j) ~ N(0, 1/(m·(L−i))),
+     so a latent's total write has the per-layer transcoders' scale), encoder
+     biases calibrated per layer as in step 2.
 """
 
 from __future__ import annotations
@@ -175,12 +179,47 @@ def sparse_transcoders(model, width: int, l0: float, calib_tokens, *, seed: int 
         w_dec = (mx.random.normal((width, d), key=k[1]) / width**0.5).astype(dtype)
         b_dec = (mx.random.normal((d,), key=k[2]) * 0.01).astype(dtype)
         pre = np.asarray((acts[Site(l, "mlp_in")][0].astype(dtype) @ w_enc).astype(mx.float32))
-        thr = float(np.quantile(pre, 1.0 - l0 / width))
-        b_enc = mx.full((width,), -thr, dtype=dtype)
+        b_enc = mx.full((width,), _calibrated_bias(pre, l0, width), dtype=dtype)
         mx.eval(w_enc, w_dec, b_dec, b_enc)
         out.append(SparseTranscoder(Site(l, "mlp_in"), Site(l, "mlp_out"), w_enc, b_enc, w_dec, b_dec,
                                     name=f"tc_L{l}"))
     return out
+
+
+def _calibrated_bias(pre: np.ndarray, l0: float, width: int) -> float:
+    """The bias under which about ``l0`` of ``width`` latents exceed 0 per token (step 2)."""
+    return -float(np.quantile(pre, 1.0 - l0 / width))
+
+
+def sparse_clt(model, width: int, l0: float, calib_tokens, *, seed: int = 0, dtype=mx.float32):
+    """A ReLU CLT over every layer with about ``l0`` active latents per layer and token.
+
+    Returns ``attribution.testing_dicts.RandomCLT`` (the ``CrossLayerDictionary`` protocol);
+    the decoders hold width·L(L+1)/2·d values, e.g. 3.9 GB for GPT-2 small at 16,384."""
+    from attribution.model.run import capture
+    from attribution.testing_dicts import RandomCLT
+
+    if not 0 < l0 < width:
+        raise ValueError(f"l0 must lie in (0, width={width}), got {l0}")
+    n, d = model.n_layers, model.d_model
+    acts = capture(model, mx.array([list(calib_tokens)]), [Site(l, "mlp_in") for l in range(n)])
+    keys = mx.random.split(mx.random.key(seed * 1000 + 7), 2 * n + 1)
+    w_enc, b_enc, decs = [], [], []
+    for l in range(n):
+        w = (mx.random.normal((d, width), key=keys[l]) / d**0.5).astype(dtype)
+        pre = np.asarray((acts[Site(l, "mlp_in")][0].astype(dtype) @ w).astype(mx.float32))
+        w_enc.append(w)
+        b_enc.append(_calibrated_bias(pre, l0, width))
+        dec = (mx.random.normal((width, n - l, d), key=keys[n + l]) / (width * (n - l)) ** 0.5)
+        decs.append(dec.astype(dtype))
+        mx.eval(w, decs[-1])
+    W_enc = mx.stack(w_enc)
+    b = mx.array(np.asarray(b_enc, np.float32))[:, None] * mx.ones((1, width))
+    b_dec = (mx.random.normal((n, d), key=keys[-1]) * 0.01).astype(dtype)
+    clt = RandomCLT([Site(i, "mlp_in") for i in range(n)], [Site(i, "mlp_out") for i in range(n)],
+                    W_enc, b.astype(dtype), decs, b_dec, 0.0, name="clt")
+    mx.eval(clt.W_enc, clt.b_enc, clt.b_dec)
+    return clt
 
 
 def random_prompt(vocab_size: int, n_tokens: int, seed: int = 0, bos: int = 2) -> list[int]:
@@ -191,4 +230,4 @@ def random_prompt(vocab_size: int, n_tokens: int, seed: int = 0, bos: int = 2) -
 
 
 __all__ = ["PUBLISHED", "SparseTranscoder", "make_config_model", "param_count", "published_config",
-           "random_prompt", "sparse_transcoders"]
+           "random_prompt", "sparse_clt", "sparse_transcoders"]

@@ -37,6 +37,9 @@ Algorithm (``load_model``):
      (``precision``): attribution arithmetic is float32 from here on.
   6. Check every float parameter (quantized scales and biases included) for
      NaN/inf: one reduction per tensor, evaluated together.
+  6b. On the CPU device, quantized layers compute products of several rows
+     from dequantized weight blocks with the float32 BLAS matmul
+     (``dequant.use_dequantized_matmuls``; weights stay packed).
   7. Load the tokenizer: the class named in tokenizer_config.json when it is
      the generic fast tokenizer (transformers 5 would otherwise pick a
      model-type tokenizer class that rewrites our word-level pre-tokenizer),
@@ -74,6 +77,7 @@ from attribution.model.arch import (
     layer_handles,
 )
 from attribution.model.checkpoint import WeightFiles, scan_weights
+from attribution.model.dequant import use_dequantized_matmuls
 from attribution.model.tokens import as_tokens
 
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
@@ -532,6 +536,8 @@ def load_model(path: str | os.PathLike, *, dtype: str | mx.Dtype | None = "float
     module, config, renames = _mlx_load(p, config, files, overrides, target)
     if check_weights:
         integrity.check_weights(module, where=str(p))
+    if mx.default_device().type == mx.DeviceType.cpu:  # MLX's CPU quantized kernel is single-threaded
+        use_dequantized_matmuls(module)
     quant = config.get("quantization")
     info = LoadInfo(
         writer=files.writer, stored_dtypes=files.float_dtypes,

@@ -219,20 +219,17 @@ def load(args):
 
 
 def load_dicts(args, model=None):
-    """Load --dicts; with a model, refuse dictionaries recorded as trained on another one
-    unless --force (then a one-line warning)."""
-    import inspect
-
-    from sae import load_dictionaries
+    """Load --dicts in any format ``sae.open_dictionaries`` detects (ours, circuit-tracer
+    transcoders or CLT, SAELens); with a model, refuse our own sets recorded as trained on
+    another one unless --force (then a one-line warning)."""
+    from sae import open_dictionaries
 
     path = Path(args.dicts)
     if not path.exists():
         raise CLIError(f"--dicts {path} does not exist; pass the dictionaries/ directory "
-                       "written by `circuits train`")
-    kw = {}
-    if model is not None and "model" in inspect.signature(load_dictionaries).parameters:
-        kw = {"model": model, "force": bool(getattr(args, "force", False))}
-    return load_dictionaries(path, **kw)
+                       "written by `circuits train`, a circuit-tracer transcoder folder "
+                       "(config.yaml) or a SAELens folder (cfg.json)")
+    return open_dictionaries(path, model=model, force=bool(getattr(args, "force", False)))
 
 
 # ------------------------------------------------------------ output staging ----

@@ -41,6 +41,12 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--edges-per-target", type=positive_int, default=None,
                    help="keep the top-k inputs per target")
+    p.add_argument("--large-model", action="store_true",
+                   help="exact graphs of real models: circuit-tracer's budget (7,500 features by "
+                        "influence, 1,024 edges per target, at most 10M edges; "
+                        "GraphConfig.large_model()); the flags below override its fields")
+    p.add_argument("--max-feature-nodes", type=positive_int, default=None,
+                   help="exact graphs: the logits plus this many features, most influential first")
     p.add_argument("--feature-edges", action="store_true",
                    help="atp/ig/patching: also estimate feature-to-feature edges (not just node scores)")
     p.add_argument("--ig-steps", type=positive_int, default=16, help="integration steps of --method ig")
@@ -88,9 +94,14 @@ def build(model, dicts, args, prog=None, spec=None):
     ablation = _ablation(args, spec)
     if args.convention != "ours" and args.method != "exact":
         raise CLIError("--convention circuit-tracer applies to --method exact")
-    cfg = GraphConfig(batch_size=args.batch_size, edges_per_target=args.edges_per_target,
-                      ablation=ablation, feature_edges=args.feature_edges, ig_steps=args.ig_steps,
-                      convention=args.convention)
+    if (args.large_model or args.max_feature_nodes is not None) and args.method != "exact":
+        raise CLIError("--large-model and --max-feature-nodes apply to --method exact")
+    kw = dict(batch_size=args.batch_size, ablation=ablation, feature_edges=args.feature_edges,
+              ig_steps=args.ig_steps, convention=args.convention)
+    for name in ("edges_per_target", "max_feature_nodes"):  # given flags override the preset
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    cfg = GraphConfig.large_model(**kw) if args.large_model else GraphConfig(**kw)
     targets = logit_diff(model, spec.answer, spec.wrong) if spec.answer is not None else None
     cf = list(spec.corrupted) if ablation == "counterfactual" else None
     graph = build_graph(model, dicts, list(spec.clean), targets=targets, method=args.method, config=cfg,

@@ -12,6 +12,7 @@ from sae.io.circuit_tracer import (
     read_config,
 )
 from sae.io.clt import export_clt, import_clt
+from sae.io.detect import FORMATS, dictionary_format, open_dictionaries
 from sae.io.hooks import (
     TL_HOOKS,
     HookSite,
@@ -31,9 +32,9 @@ from sae.io.native import (
 )
 from sae.io.saelens import SAELENS_ARCHS, export_saelens, import_saelens, read_sparsity
 
-__all__ = ["IDENTITY_KEY", "SAELENS_ARCHS", "TL_HOOKS", "CircuitTracerConfig", "HookSite",
+__all__ = ["FORMATS", "IDENTITY_KEY", "SAELENS_ARCHS", "TL_HOOKS", "CircuitTracerConfig", "HookSite",
            "NormFoldError", "SiteMismatchWarning", "UnsupportedHookError", "check_model",
-           "check_sites", "export_circuit_tracer", "export_clt", "export_saelens", "hook_site",
+           "check_sites", "dictionary_format", "export_circuit_tracer", "export_clt", "export_saelens", "hook_site",
            "import_circuit_tracer", "import_clt", "import_saelens", "load_dictionaries",
-           "load_dictionary", "read_config", "read_sparsity", "save_dictionaries",
+           "load_dictionary", "open_dictionaries", "read_config", "read_sparsity", "save_dictionaries",
            "save_dictionary", "tl_hook_name"]

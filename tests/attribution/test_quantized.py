@@ -151,6 +151,20 @@ def test_bf16_kept_with_dtype_none_runs_in_bf16(dirs, arch):
     assert float(mx.abs(ga[site].astype(mx.float32) - gb[site]).max() / mx.abs(gb[site]).max()) < 2e-2
 
 
+def test_graph_of_a_bf16_computing_model_is_refused_in_one_line(dirs):
+    """Graphs are float32 arithmetic: a dtype=None bf16 model gets one line naming the fix
+    (before: numpy's raw 'bfloat16 is not a valid PEP 3118 buffer format')."""
+    from attribution import build_graph
+    from attribution.replacement.errors import AttributionMethodError
+    from attribution.testing_dicts import random_transcoders
+
+    native = load_model(dirs["llama", "bf16"], dtype=None)
+    with pytest.raises(AttributionMethodError) as info:
+        build_graph(native, random_transcoders(native, 16), TOKENS)
+    msg = str(info.value)
+    assert "\n" not in msg and "bfloat16" in msg and "load_model(path)" in msg
+
+
 # --------------------------------------------------------- d=768 smoke tests (< 30 s)
 @pytest.fixture(scope="module")
 def d768(tmp_path_factory):
@@ -181,3 +195,29 @@ def test_smoke_d768_transformers_directory(tmp_path):
     assert model.load_info.writer == "transformers" and model.d_model == 768
     graph = build_graph(model, random_transcoders(model, 64, seed=1), TOKENS)
     assert graph.n_edges > 0 and np.isfinite(graph.adjacency.data).all()
+
+
+def test_dequantized_matmuls_equal_the_dequantized_reference(monkeypatch):
+    """CPU quantized layers: products of >= MIN_ROWS rows come from dequantized blocks (the
+    tied head too), fewer rows from the quantized kernel; all equal x @ dequantize(W)ᵀ."""
+    import mlx.nn as nn
+
+    from attribution.model import dequant
+
+    lin = nn.QuantizedLinear(128, 96, bias=True, group_size=32, bits=4)
+    emb = nn.QuantizedEmbedding(200, 128, group_size=32, bits=4)
+    lin.bias = mx.random.normal((96,), key=mx.random.key(1))
+    holder = nn.Module()
+    holder.lin, holder.emb = lin, emb
+    assert dequant.use_dequantized_matmuls(holder) == 2 and dequant.use_dequantized_matmuls(holder) == 0
+    assert isinstance(lin, nn.QuantizedLinear) and type(lin) is dequant.DequantizedMatmulLinear
+    w = mx.dequantize(lin.weight, lin.scales, lin.biases, group_size=32, bits=4)
+    we = mx.dequantize(emb.weight, emb.scales, emb.biases, group_size=32, bits=4)
+    monkeypatch.setattr(dequant, "BLOCK_VALUES", 40 * 128)  # several output blocks
+    for rows in (1, dequant.MIN_ROWS, 3 * dequant.MIN_ROWS):
+        x = mx.random.normal((rows, 128), key=mx.random.key(rows))
+        assert float(mx.abs(lin(x) - (x @ w.T + lin.bias)).max()) < 1e-4
+        assert float(mx.abs(emb.as_linear(x) - x @ we.T).max()) < 1e-4
+        assert lin(x).shape == (rows, 96) and emb.as_linear(x).shape == (rows, 200)
+    toks = mx.array([[3, 7, 199]])
+    assert float(mx.abs(emb(toks) - we[toks]).max()) < 1e-6  # the lookup is unchanged

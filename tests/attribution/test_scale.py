@@ -239,3 +239,24 @@ def test_smoke_budgeted_graph_at_scale_width(tmp_path):
     assert calls == [] and "\n" not in str(info.value)
     for knob in ("max_batch_tokens", "batch_size", "edges_per_target", "max_feature_nodes", "24 tokens"):
         assert knob in str(info.value)
+
+
+def test_sparse_clt_hits_its_l0_and_builds_a_budgeted_graph(tiny_models):
+    """The benchmark's random CLT: calibrated sparsity on another prompt, decoders to every
+    layer at or above the source, and a budgeted graph that keeps exactly the budget."""
+    from attribution.attribute.synthetic import sparse_clt
+
+    model = tiny_models["llama"]
+    clt = sparse_clt(model, 256, 8, random_prompt(model.vocab_size, 48, seed=4), seed=2)
+    n = model.n_layers
+    assert [w.shape[1] for w in clt.W_dec_layers] == [n - i for i in range(n)]
+    from attribution.model.run import capture
+    from attribution.sites import Site
+
+    toks = random_prompt(model.vocab_size, 40, seed=11)
+    acts = capture(model, mx.array([toks]), [Site(l, "mlp_in") for l in range(n)])
+    l0 = [float((clt.activation(clt.pre_acts_at(l, acts[Site(l, "mlp_in")][0])) > 0).sum(-1).mean())
+          for l in range(n)]
+    assert all(3 <= x <= 20 for x in l0), l0
+    g = build_graph(model, [clt], toks, config=GraphConfig.large_model(max_feature_nodes=64))
+    assert int(g.type_mask("feature").sum()) == 64

@@ -313,3 +313,28 @@ def test_dictionaries_of_another_model_refused_or_forced(d, capsys, tmp_path):
     assert code == 0
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("circuits: warning:") and "trained on model" in lines[0]
+
+
+def test_large_model_flags_equal_the_python_preset(d, capsys):
+    """--large-model --max-feature-nodes N is GraphConfig.large_model(max_feature_nodes=N):
+    the same graph as the API call, with exactly N features; refused for other methods."""
+    from attribution import GraphConfig, build_graph
+    from sae import open_dictionaries
+
+    model = _model()
+    prompt = ROWS[0]["prompt"]
+    out = d / "g_large"
+    code, _, err = cli(capsys, "attribute", "--dicts", d / "tc" / "dictionaries", "--prompt", prompt,
+                       "--large-model", "--max-feature-nodes", "20", "--edges-per-target", "16",
+                       "--out", out)
+    assert code == 0, err
+    g = _graph(out)
+    want = build_graph(model, open_dictionaries(d / "tc" / "dictionaries", model=model), model.encode(prompt),
+                       config=GraphConfig.large_model(max_feature_nodes=20, edges_per_target=16))
+    assert int(g.type_mask("feature").sum()) == 20 and g.keys == want.keys
+    assert abs(g.adjacency - want.adjacency).max() <= 1e-6
+    assert np.diff(g.adjacency.indptr).max() <= 16
+    code, _, err = cli(capsys, "attribute", "--dicts", d / "tc" / "dictionaries", "--prompt", prompt,
+                       "--method", "atp", "--large-model", "--out", d / "g_large_atp")
+    assert code != 0 and "--large-model" in err and len(err.strip().splitlines()) == 1
+    assert not (d / "g_large_atp").exists()
