@@ -134,6 +134,16 @@ def _forward_rate(model) -> float:
     return round(128 / float(np.median(times[1:])), 1)
 
 
+def _load(path: str):
+    """The model, and the record's load time, compute dtype and quantization."""
+    from attribution import load_model
+
+    t0 = time.perf_counter()
+    model = load_model(path)
+    return model, {"load_s": round(time.perf_counter() - t0, 2), "param_dtype": str(model.dtype),
+                   "quantized": bool(getattr(model, "quantized", False))}
+
+
 def pipeline_worker(args: dict) -> dict:
     """Harvest into an activation store, then train an SAE from it (module docstring, step 5)."""
     import shutil
@@ -141,19 +151,13 @@ def pipeline_worker(args: dict) -> dict:
 
     import numpy as np
 
-    from attribution import load_model
     from attribution.sites import Site
     from attribution.tokenizer import SPECIAL_TOKENS
     from sae.data.store import HarvestConfig, harvest_store
     from sae.train.config import TrainConfig
     from sae.train.from_model import train_on_store
 
-    rec: dict = {}
-    t0 = time.perf_counter()
-    model = load_model(args["path"])
-    rec["load_s"] = round(time.perf_counter() - t0, 2)
-    rec["param_dtype"] = str(model.dtype)
-    rec["quantized"] = bool(getattr(model, "quantized", False))
+    model, rec = _load(args["path"])
     rec["forward_tokens_per_s"] = _forward_rate(model)
     site = Site(model.n_layers // 2, "mlp_in")
     rng = np.random.default_rng(0)
@@ -197,19 +201,14 @@ def worker(args: dict) -> dict:
     """One (model, length) run in this process (module docstring, steps 3-4)."""
     import mlx.core as mx
 
-    from attribution import GraphConfig, build_graph, load_model
+    from attribution import GraphConfig, build_graph
     from attribution.attribute.preflight import estimate_exact_memory
     from attribution.attribute.synthetic import random_prompt, sparse_clt, sparse_transcoders
     from attribution.graph.errors import GraphMemoryError
     from attribution.replacement import ReplacementModel
     from circuits.prune import prune
 
-    rec: dict = {}
-    t0 = time.perf_counter()
-    model = load_model(args["path"])
-    rec["load_s"] = round(time.perf_counter() - t0, 2)
-    rec["param_dtype"] = str(model.dtype)
-    rec["quantized"] = bool(getattr(model, "quantized", False))
+    model, rec = _load(args["path"])
     t0 = time.perf_counter()
     make = sparse_clt if args.get("dicts") == "clt" else sparse_transcoders
     dicts = make(model, args["width"], args["l0"], random_prompt(model.vocab_size, 64, seed=99),

@@ -52,7 +52,7 @@ def _require_hooks(path: Path, what: str, importer: str) -> None:
 
 def dictionary_format(path) -> str:
     """Which of ``FORMATS`` the directory holds (module docstring, steps 1-6)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise FormatError(f"no dictionaries at {path}: not a directory")
     if (path / "index.json").is_file():
@@ -83,7 +83,7 @@ def open_dictionaries(path, *, model=None, force: bool = False) -> dict:
     from sae.io.native import load_dictionaries
     from sae.io.saelens import import_saelens
 
-    path = Path(path)
+    path = Path(path).expanduser()
     fmt = dictionary_format(path)
     if fmt == "native":
         return load_dictionaries(path, model=model, force=force)
