@@ -35,7 +35,11 @@ Algorithm:
      untimed run adds W_pos to circuit-tracer's token vectors (see conventions).
   3. Ours: ``build_graph(method="exact")`` with ``GraphConfig(convention, batch_size=B,
      max_feature_nodes=N, update_interval=U, edges_per_target=None, max_edges=None)``: full
-     rows, so every edge can be compared. ``--repeats`` timed builds, half before and half
+     rows, so every edge can be compared. With ``--edges-per-target K`` (as
+     ``GraphConfig.large_model()``: 1,024; full rows at 128 tokens would hold ~300M edges)
+     ours keeps the top K per target: then our kept edges are compared with circuit-tracer's
+     value at the same entry, no entry we dropped may exceed the smallest we kept in its row
+     (``dropped_larger_than_kept``), and pruning masks and scores are not compared. ``--repeats`` timed builds, half before and half
      after the circuit-tracer process (the CPU is shared); ``--repeats 1``: one timed build
      before it.
      Warm-ups: without a budget the full build (as before); with one, one re-ranking chunk
@@ -391,10 +395,22 @@ def _feature_set_diff(info: dict, ct: dict, n_layers: int, n_pos: int, budget) -
             "ct_only_with_path": [list(map(int, k)) for k in c if not no_path(k)][:20]}
 
 
-def _compare(A_o, A_c, types) -> dict:
+def _compare(A_o, A_c, types, kept_only: bool = False) -> dict:
+    """max |A_o - A_c| overall and per edge type; ``kept_only``: over our stored edges only
+    (ours sparsified to the top-k of each row), plus how many circuit-tracer entries we did
+    not keep are larger than the smallest edge we kept in that row (0 when our top-k is
+    circuit-tracer's top-k on these nodes)."""
     import numpy as np
 
     D = np.abs(A_o - A_c)
+    extra = {}
+    if kept_only:
+        kept = A_o != 0
+        D = np.where(kept, D, 0.0)
+        floor = np.where(kept, np.abs(A_o), np.inf).min(axis=1, keepdims=True)
+        bigger = (~kept) & (np.abs(A_c) > floor * (1 + 1e-4) + 1e-7)
+        extra = {"compared": "our kept edges only", "kept_edges": int(kept.sum()),
+                 "dropped_larger_than_kept": int(bigger.sum())}
     t = np.asarray(types)
     by = {}
     for tt in ("feature", "logit"):
@@ -403,7 +419,7 @@ def _compare(A_o, A_c, types) -> dict:
             if m.size:
                 by[f"{st}->{tt}"] = float(m.max())
     return {"max_abs_diff": float(D.max()), "max_abs_diff_by_edge_type": by,
-            "max_abs_weight": float(np.abs(A_o).max())}
+            "max_abs_weight": float(np.abs(A_o).max()), **extra}
 
 
 def _compare_pruning(g, ct: dict, io: list, ic: list) -> dict:
@@ -498,6 +514,9 @@ def main(argv=None) -> int:
                     help="with a budget: targets between influence re-rankings on both sides; "
                          "update_interval = this / batch size (ours: --batch-size, ct: --ct-batch-size)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--edges-per-target", type=int, default=None,
+                    help="ours keeps the top-k edges per target (GraphConfig.large_model: 1024); the "
+                         "comparison then covers our kept edges only; default: full rows")
     ap.add_argument("--ct-batch-size", type=int, default=None, help="circuit-tracer's (default --batch-size)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ct-python", type=Path, default=CT_PYTHON)
@@ -567,9 +586,12 @@ def main(argv=None) -> int:
         ids = random_prompt(V, args.n_tokens, seed=args.n_tokens)
     else:
         ids = _prompt(model, args.n_tokens, seed=args.n_tokens)
-    # Every edge is compared, so full rows and no cap on kept edges (a 64-token graph keeps ~14M).
+    # Every edge is compared, so full rows and no cap on kept edges (a 64-token graph keeps ~14M);
+    # with --edges-per-target our rows are sparsified as GraphConfig.large_model() does and the
+    # kept edges are compared (full rows at 128 tokens would hold ~300M edges).
     cfg = GraphConfig(batch_size=args.batch_size, convention=args.convention, max_edges=None,
-                      edges_per_target=None, max_feature_nodes=budget, update_interval=ours_ui)
+                      edges_per_target=args.edges_per_target, max_feature_nodes=budget,
+                      update_interval=ours_ui)
     # Warm-up (also fixes the targets): the full build without a budget (as before); with a
     # budget one re-ranking chunk of features on each side (the same code paths and batch
     # shapes, at a fraction of the cost).
@@ -631,11 +653,15 @@ def main(argv=None) -> int:
     keys = list(g.keys)
     io, ic, info = _ct_index(ct, model.n_layers, n_pos, keys)
     A_o = g.adjacency[io][:, io].toarray().astype(np.float64)
-    res = _compare(A_o, ct["adjacency"][np.ix_(ic, ic)].astype(np.float64), info["types"])
+    sparse = args.edges_per_target is not None
+    res = _compare(A_o, ct["adjacency"][np.ix_(ic, ic)].astype(np.float64), info["types"], sparse)
     res_pos = (_compare(A_o, ct["adjacency_pos"][np.ix_(ic, ic)].astype(np.float64), info["types"])
                if "adjacency_pos" in ct else None)
     del A_o
-    prune_cmp = _compare_pruning(g, ct, io, ic)
+    prune_cmp = (_compare_pruning(g, ct, io, ic) if not sparse else
+                 {"skipped": "ours keeps the top-k edges per target, circuit-tracer every edge: "
+                             "pruning masks and scores are compared with full rows only",
+                  "replacement": None, "completeness": None})
     scale = res["max_abs_weight"]
     tol = 1e-4 * scale
     # activations of the common features
@@ -662,7 +688,8 @@ def main(argv=None) -> int:
                      "update_interval": ({"ours": ours_ui, "ct": ct_ui} if budget is not None else None),
                      "targets_per_reranking": ({"ours": ours_ui * args.batch_size, "ct": ct_ui * ct_bs}
                                                if budget is not None else None),
-                     "edges_per_target": None, "max_edges": None, "warmup_feature_nodes": warm_n},
+                     "edges_per_target": args.edges_per_target, "max_edges": None,
+                     "warmup_feature_nodes": warm_n},
         "convention": args.convention,
         "n_tokens": n_pos, "batch_size": args.batch_size, "ct_batch_size": ct_bs,
         "max_feature_nodes": budget, "repeats": args.repeats, "timing": timing_note,

@@ -95,20 +95,47 @@ def encoder_matrix(unit) -> mx.array:
     d_in, m = int(d.d_in), unit.width
     w = getattr(d, "W_enc", None)
     if w is not None and unit.kind == "clt" and w.ndim == 3:
-        w = w[unit.layer]
+        w = w[unit.layer]  # evaluating this slice copies it: see encoder_gather for graphs
     if w is not None and w.ndim == 2:
         if tuple(w.shape) == (m, d_in) and m != d_in:
             w = w.T
         if tuple(w.shape) == (d_in, m):
             x = mx.random.normal((3, d_in), key=mx.random.key(12345))
             lhs = pre_acts(unit, x) - pre_acts(unit, mx.zeros((1, d_in)))
-            rhs = x @ w.astype(mx.float32)
+            rhs = x @ (w if w.dtype == mx.float32 else w.astype(mx.float32))
             err = float(mx.max(mx.abs(lhs.astype(mx.float32) - rhs)))
             if err <= 1e-3 * max(1.0, float(mx.max(mx.abs(rhs)))):
                 return w
     w = probe_encoder(unit)[0]
     mx.eval(w)
     return w
+
+
+def encoder_gather(unit):
+    """How ``_cotangents`` reads encoder columns: ``(W, None)`` for a [d_in, m] matrix, or
+    a CLT's ``([L, d_in, m] W_enc, layer)`` when a probe on a column sample confirms it.
+
+    Why: MLX copies an evaluated slice W_enc[layer] (a CLT's encoders would exist twice,
+    L·d·m·4 bytes, measured); gathering the few columns a batch needs from the 3-D array
+    and then picking the layer copies only [L, d_in, b]."""
+    d = unit.dictionary
+    w = getattr(d, "W_enc", None)
+    d_in, m = int(d.d_in), unit.width
+    if unit.kind == "clt" and w is not None and w.ndim == 3 and tuple(w.shape[1:]) == (d_in, m):
+        cols = mx.arange(0, m, max(1, m // 64))
+        x = mx.random.normal((3, d_in), key=mx.random.key(12345))
+        lhs = mx.take(pre_acts(unit, x) - pre_acts(unit, mx.zeros((1, d_in))), cols, axis=1)
+        rhs = x @ mx.take(w, cols, axis=2)[unit.layer].astype(mx.float32)
+        err = float(mx.max(mx.abs(lhs.astype(mx.float32) - rhs)))
+        if err <= 1e-3 * max(1.0, float(mx.max(mx.abs(rhs)))):
+            return w, unit.layer
+    return encoder_matrix(unit), None
+
+
+def _encoder_columns(enc: tuple, latents: mx.array) -> mx.array:
+    """[d_in, b] encoder columns of ``latents`` (see ``encoder_gather``)."""
+    w, layer = enc
+    return mx.take(w, latents, axis=1) if layer is None else mx.take(w, latents, axis=2)[layer]
 
 
 class _Plan:
@@ -118,7 +145,7 @@ class _Plan:
         self.rm, self.state, self.nodes, self.config = rm, state, nodes, config
         self.layers = list(rm.units)
         self.site_layer = np.array([-1] + self.layers)  # write site k's layer (0: tokens)
-        self.enc = {l: encoder_matrix(rm.units[l]) for l in self.layers}
+        self.enc = {l: encoder_gather(rm.units[l]) for l in self.layers}
         self.dirs = targets.directions
         self.weights = np.asarray(targets.weights, dtype=np.float64)
         self.layer_of = nodes.layer_of(rm.model.n_layers)
@@ -168,7 +195,7 @@ def _cotangents(plan: _Plan, batch: np.ndarray, n_pos: int, seeded: list, logits
     is_feat = batch < nodes.error_offset
     for l in seeded:
         sel = np.flatnonzero(is_feat & (lay == l))
-        cols = mx.take(plan.enc[l], mx.array(plan.latent_of[batch[sel]].astype(np.int32)), axis=1).T
+        cols = _encoder_columns(plan.enc[l], mx.array(plan.latent_of[batch[sel]].astype(np.int32))).T
         d = int(cols.shape[1])
         z = mx.zeros((b * n_pos, d), dtype=st.x_in[l].dtype)
         z[mx.array((rows[sel] * n_pos + pos[sel]).astype(np.int32))] = cols.astype(z.dtype)
@@ -397,6 +424,7 @@ def _exact_rows(rm, state, nodes: NodeSet, targets, config: GraphConfig, progres
                 dequantized: bool) -> ExactRows:
     plan = _Plan(rm, state, nodes, targets, config)
     plan.tiled = plan.tiled and not dequantized
+    mx.clear_cache()  # the encoder probes' temporaries: not kept in RSS for the whole build
     n = nodes.n_nodes
     bs = effective_batch_size(config, nodes.n_tokens)
     builder = SparseRowBuilder(n, k=config.edges_per_target, threshold=config.edge_threshold)
@@ -447,4 +475,5 @@ def _exact_rows(rm, state, nodes: NodeSet, targets, config: GraphConfig, progres
     return ExactRows(rows.adjacency, rows.dropped_mass, done, passes, secs)
 
 
-__all__ = ["ExactRows", "effective_batch_size", "encoder_matrix", "exact_rows", "partial_influence"]
+__all__ = ["ExactRows", "effective_batch_size", "encoder_gather", "encoder_matrix", "exact_rows",
+           "partial_influence"]

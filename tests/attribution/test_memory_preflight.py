@@ -30,14 +30,16 @@ import mlx.core as mx
 from attribution import GraphConfig, build_graph, load_model
 from attribution.attribute.nodes import make_node_set
 from attribution.attribute.preflight import estimate_exact_memory
-from attribution.attribute.synthetic import random_prompt, sparse_transcoders
+from attribution.attribute.synthetic import random_prompt, sparse_clt, sparse_transcoders
 from attribution.attribute.targets import resolve_targets
 from attribution.replacement import ReplacementModel
 
 a = json.loads(sys.argv[1])
 model = load_model(a["model"])
 vocab = model.vocab_size
-dicts = sparse_transcoders(model, a["width"], a["l0"], random_prompt(vocab, 64, seed=9))
+make = sparse_clt if a.get("kind") == "clt" else sparse_transcoders
+dicts = make(model, a["width"], a["l0"], random_prompt(vocab, 64, seed=9))
+dicts = dicts if isinstance(dicts, list) else [dicts]
 ids = random_prompt(vocab, a["T"], seed=1)
 cfg = GraphConfig(**a["cfg"])
 rm = ReplacementModel(model, dicts)
@@ -65,6 +67,8 @@ SIZES = [
     (16, 16384, 50, dict(batch_size=64, edges_per_target=1024, max_feature_nodes=300)),
     (64, 8192, 50, dict(batch_size=64, edges_per_target=512, max_feature_nodes=300, max_batch_tokens=4096)),
     (256, 16384, 30, dict(batch_size=64, edges_per_target=256, max_feature_nodes=200, max_batch_tokens=4096)),
+    # a cross-layer transcoder (its 3-D encoder must not be copied per layer)
+    (128, 16384, 50, dict(batch_size=64, edges_per_target=1024, max_feature_nodes=300), "clt"),
 ]
 
 
@@ -88,10 +92,11 @@ def model_dir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(),
                     reason="needs Linux /proc/self/clear_refs to measure a peak after loading")
-@pytest.mark.parametrize("size", SIZES, ids=[f"T{s[0]}-m{s[1]}" for s in SIZES])
+@pytest.mark.parametrize("size", SIZES, ids=[f"T{s[0]}-m{s[1]}" + ("-clt" if len(s) > 4 else "") for s in SIZES])
 def test_estimate_within_30_percent_of_measured_peak(model_dir, size):
-    t, width, l0, cfg = size
-    args = {"model": str(model_dir), "T": t, "width": width, "l0": l0, "cfg": cfg}
+    t, width, l0, cfg = size[:4]
+    args = {"model": str(model_dir), "T": t, "width": width, "l0": l0, "cfg": cfg,
+            "kind": size[4] if len(size) > 4 else "transcoders"}
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True,
                          text=True, env=env, timeout=900)
