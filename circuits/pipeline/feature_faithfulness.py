@@ -17,7 +17,8 @@ Algorithm (``feature_faithfulness``):
      (``zero``): ablated feature activations and error vectors per layer.
   2. ``spliced_forward`` with ``edit(layer, f) = where(keep, f, f_ablated)`` and
      ``error_delta[layer] = (1 − keep_err) · (err_ablated − err_clean)``.
-     Token nodes outside X take the counterfactual token ids.
+     Token nodes outside X take the counterfactual token ids. Several circuits can
+     share one forward, their masks stacked along the batch axis (``_Patcher.values``).
   3. F(M) keeps everything, F(∅) keeps nothing, F(C) keeps the circuit (its
      token nodes are those with at least one edge in the circuit);
      faithfulness = (F(C) − F(∅)) / (F(M) − F(∅)), completeness the same for the
@@ -95,19 +96,26 @@ class _Patcher:
 
     def value(self, keep_f: dict, keep_e: dict, keep_t) -> float:
         """Metric with features/errors/tokens outside the keep masks ablated."""
+        return self.values([(keep_f, keep_e, keep_t)])[0]
+
+    def values(self, masks: list) -> list[float]:
+        """``value`` of several ``masks()`` triples, stacked along the batch axis of one forward."""
         from attribution.replacement.spliced import spliced_forward
 
         mx = self.mx
+        keep_f = {l: mx.concatenate([m[0][l] for m in masks]) for l in self.rm.layers}
+        keep_e = {l: mx.stack([m[1][l] for m in masks]) for l in self.rm.layers}
+        keep_t = mx.stack([m[2] for m in masks])
 
         def edit(layer, f):
             k = keep_f[layer]
             return mx.where(k, f, self.f_abl[layer][None])
 
-        delta = {l: ((1.0 - keep_e[l])[:, None] * (self.e_abl[l] - self.state.error[l]))[None]
+        delta = {l: (1.0 - keep_e[l])[:, :, None] * (self.e_abl[l] - self.state.error[l])[None]
                  for l in self.rm.layers}
-        toks = mx.where(keep_t[None], self.tokens, self.cf_tokens)
+        toks = mx.where(keep_t, self.tokens, self.cf_tokens)
         out = spliced_forward(self.rm, toks, self.state, edit=edit, error_delta=delta)
-        return float(self.metric(out.logits[0, -1]))
+        return [float(v) for v in (self.metric(out.logits[b, -1]) for b in range(len(masks)))]
 
     def masks(self, features=(), errors=(), tokens=(), invert: bool = False, everything: bool = False):
         mx = self.mx

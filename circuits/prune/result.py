@@ -28,11 +28,13 @@ class PruneResult:
     edge_scores: np.ndarray
     """[n_kept_edges] float64 score of each kept edge, aligned with ``graph.edge_arrays()``
     (influence method: A_n[t,s]·(influence[t] + w[t]) in the node-pruned graph;
-    top/threshold: |weight|; greedy: A_n[t,s]·(influence[t] + w[t]) in the kept graph)."""
+    top/threshold: |weight|; greedy: A_n[t,s]·(influence[t] + w[t]) in the kept graph;
+    faithful: the influence method's scores in the kept graph)."""
     scores: CircuitScores
     """Replacement/completeness of the full, pruned and merged-error graphs."""
     method: str
-    """``influence``, ``greedy``, ``top_edges`` or ``threshold_edges``."""
+    """``influence``, ``greedy``, ``top_edges``, ``threshold_edges`` or ``faithful``
+    (``circuits.pipeline.faithful_selection``)."""
     params: dict = field(default_factory=dict)
     """The method's parameters (thresholds, n, …)."""
     influence_mask: np.ndarray | None = None
