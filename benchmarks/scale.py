@@ -30,7 +30,8 @@ Algorithm:
      signal is recorded as killed.
      With ``--dicts clt`` the dictionaries are one ReLU cross-layer transcoder
      over every layer instead (``sparse_clt``, width per layer, same L0).
-  5. The pipeline phase (``--phases pipeline``, its own worker per model): load,
+  5. The pipeline phase (``--phases pipeline``, its own worker per model; skipped for a
+     quantized model, whose CPU forward is ~30x slower): load,
      forward tokens/s as above, then the user's dictionary path at the middle
      layer: ``harvest_store`` of ``--harvest-tokens`` tokens of a random-word
      corpus (contexts of 128, float32 shards) at mlp_in (harvest tokens/s, the
@@ -119,19 +120,21 @@ def resident_bytes(name: str, width: int, dict_itemsize: int = 4, dicts: str = "
 
 
 def _forward_rate(model) -> float:
-    """Tokens/s of a plain forward of one 128-token prompt (median of 3, after a warm-up)."""
+    """Tokens/s of a plain forward of one 128-token prompt (median of 3, after a warm-up;
+    a quantized model, whose CPU kernel is ~30x slower: one timed 32-token forward)."""
     import mlx.core as mx
     import numpy as np
 
     from attribution.attribute.synthetic import random_prompt
 
-    toks = mx.array([random_prompt(model.vocab_size, 128, seed=7)])
+    n, reps = (32, 2) if getattr(model, "quantized", False) else (128, 4)
+    toks = mx.array([random_prompt(model.vocab_size, n, seed=7)])
     times = []
-    for _ in range(4):
+    for _ in range(reps):
         t0 = time.perf_counter()
         mx.eval(model.module(toks))
         times.append(time.perf_counter() - t0)
-    return round(128 / float(np.median(times[1:])), 1)
+    return round(n / float(np.median(times[1:])), 1)
 
 
 def _load(path: str):
@@ -337,7 +340,12 @@ def main(argv=None) -> int:
                 f32 = resident_bytes(name, args.width, 4, kind)
                 dict_dtype = "float32" if f32 + GRAPH_HEADROOM <= 0.8 * avail else "bfloat16"
             need = resident_bytes(name, args.width, 4 if dict_dtype == "float32" else 2, kind)
-            if phase == "graph" and need > 0.8 * avail:
+            if phase == "pipeline" and MODELS[name][2] is not None:
+                rec = {"model": name, "phase": phase, "width": args.width, "status": "skipped",
+                       "reason": "MLX's CPU quantized matmul (single-threaded, ~30x slower than "
+                                 "float32) makes harvesting hours long; load_model(dequantize=True) "
+                                 "gives the float32 model's figures"}
+            elif phase == "graph" and need > 0.8 * avail:
                 rec = {"model": name, "phase": phase, "n_tokens": n, "width": args.width, "dicts": dicts,
                        "status": "refused",
                        "reason": f"model + dictionaries need about {need / 2**30:.1f} GiB resident but "

@@ -37,9 +37,9 @@ Algorithm (``load_model``):
      (``precision``): attribution arithmetic is float32 from here on.
   6. Check every float parameter (quantized scales and biases included) for
      NaN/inf: one reduction per tensor, evaluated together.
-  6b. On the CPU device, quantized layers compute products of several rows
-     from dequantized weight blocks with the float32 BLAS matmul
-     (``dequant.use_dequantized_matmuls``; weights stay packed).
+  6b. ``dequantize=True``: quantized layers become float32 layers of their
+     dequantized weights (``dequant.dequantize_layers``; on a CPU about 30x
+     faster, at float32 memory).
   7. Load the tokenizer: the class named in tokenizer_config.json when it is
      the generic fast tokenizer (transformers 5 would otherwise pick a
      model-type tokenizer class that rewrites our word-level pre-tokenizer),
@@ -77,7 +77,7 @@ from attribution.model.arch import (
     layer_handles,
 )
 from attribution.model.checkpoint import WeightFiles, scan_weights
-from attribution.model.dequant import use_dequantized_matmuls
+from attribution.model.dequant import dequantize_layers
 from attribution.model.tokens import as_tokens
 
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
@@ -510,7 +510,7 @@ def _load_tokenizer_files(path: Path):
 
 
 def load_model(path: str | os.PathLike, *, dtype: str | mx.Dtype | None = "float32",
-               check_weights: bool = True) -> Model:
+               check_weights: bool = True, dequantize: bool = False) -> Model:
     """Load a local mlx-lm or Hugging Face model directory (weights, config, tokenizer).
 
     Accepts mlx-lm directories (float32 / bfloat16 / float16, or quantized with
@@ -521,6 +521,9 @@ def load_model(path: str | os.PathLike, *, dtype: str | mx.Dtype | None = "float
     ``dtype``: float dtype of the loaded parameters. "float32" (default) makes
     every activation, gradient and graph float32 (``precision``); packed
     quantized weights stay packed. None keeps the checkpoint's dtypes.
+    ``dequantize``: turn a quantized checkpoint's layers into float32 ones at load (on a
+    CPU MLX's quantized matmul is single-threaded, about 30x slower; memory then grows to
+    the float32 model's). ``load_info.quantization`` still records the file's quantization.
     ``check_weights``: refuse weights holding NaN or inf (``NonFiniteError``);
     one reduction per tensor, so it costs a fraction of reading the file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -536,9 +539,9 @@ def load_model(path: str | os.PathLike, *, dtype: str | mx.Dtype | None = "float
     module, config, renames = _mlx_load(p, config, files, overrides, target)
     if check_weights:
         integrity.check_weights(module, where=str(p))
-    if mx.default_device().type == mx.DeviceType.cpu:  # MLX's CPU quantized kernel is single-threaded
-        use_dequantized_matmuls(module)
     quant = config.get("quantization")
+    if dequantize and quant:  # float32 speed on a CPU, float32 memory (dequant module docstring)
+        dequantize_layers(module)
     info = LoadInfo(
         writer=files.writer, stored_dtypes=files.float_dtypes,
         dtype="+".join(precision.float_dtypes(module)) or "none",

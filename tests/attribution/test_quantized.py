@@ -197,27 +197,20 @@ def test_smoke_d768_transformers_directory(tmp_path):
     assert graph.n_edges > 0 and np.isfinite(graph.adjacency.data).all()
 
 
-def test_dequantized_matmuls_equal_the_dequantized_reference(monkeypatch):
-    """CPU quantized layers: products of >= MIN_ROWS rows come from dequantized blocks (the
-    tied head too), fewer rows from the quantized kernel; all equal x @ dequantize(W)ᵀ."""
+def test_dequantize_at_load_equals_the_dequantized_reference(dirs):
+    """load_model(dequantize=True): float32 layers holding mx.dequantize of the packed
+    weights (embedding and tied head included): logits equal the packed model's within
+    the quantized tolerance, and nothing quantized is left."""
     import mlx.nn as nn
 
-    from attribution.model import dequant
-
-    lin = nn.QuantizedLinear(128, 96, bias=True, group_size=32, bits=4)
-    emb = nn.QuantizedEmbedding(200, 128, group_size=32, bits=4)
-    lin.bias = mx.random.normal((96,), key=mx.random.key(1))
-    holder = nn.Module()
-    holder.lin, holder.emb = lin, emb
-    assert dequant.use_dequantized_matmuls(holder) == 2 and dequant.use_dequantized_matmuls(holder) == 0
-    assert isinstance(lin, nn.QuantizedLinear) and type(lin) is dequant.DequantizedMatmulLinear
-    w = mx.dequantize(lin.weight, lin.scales, lin.biases, group_size=32, bits=4)
-    we = mx.dequantize(emb.weight, emb.scales, emb.biases, group_size=32, bits=4)
-    monkeypatch.setattr(dequant, "BLOCK_VALUES", 40 * 128)  # several output blocks
-    for rows in (1, dequant.MIN_ROWS, 3 * dequant.MIN_ROWS):
-        x = mx.random.normal((rows, 128), key=mx.random.key(rows))
-        assert float(mx.abs(lin(x) - (x @ w.T + lin.bias)).max()) < 1e-4
-        assert float(mx.abs(emb.as_linear(x) - x @ we.T).max()) < 1e-4
-        assert lin(x).shape == (rows, 96) and emb.as_linear(x).shape == (rows, 200)
-    toks = mx.array([[3, 7, 199]])
-    assert float(mx.abs(emb(toks) - we[toks]).max()) < 1e-6  # the lookup is unchanged
+    for arch in ("llama", "gpt2"):
+        packed = load_model(dirs[arch, "q4"])
+        dense = load_model(dirs[arch, "q4"], dequantize=True)
+        assert packed.quantized and not dense.quantized
+        assert dense.load_info.quantization == packed.load_info.quantization
+        assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+                       for _, m in dense.module.named_modules())
+        toks = mx.array([TOKENS])
+        a, b = packed(toks), dense(toks)
+        assert b.dtype == mx.float32
+        assert float(mx.abs(a - b).max() / mx.abs(a).max()) < QUANT_TOL, arch
