@@ -48,31 +48,32 @@ def _f(x, fmt="{:.0f}") -> str:
 
 def tables(recs: dict) -> str:
     """Markdown for both tables (step 3)."""
-    rows = ["| model | load s | forward tok/s | harvest tok/s | SAE train tok/s (m=16,384, k=50) |",
-            "| --- | ---: | ---: | ---: | ---: |"]
+    rows = ["| model | load s | forward tok/s | harvest tok/s | SAE train tok/s (m=16,384, k=50) | load avg |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for key in sorted((k for k in recs if k[1] == "pipeline"), key=_rank):
         r = recs[key]
         if r.get("status") != "ok":
-            rows.append(f"| {LABEL.get(key[0], key[0])} | {r.get('status')}: {r.get('reason', '')[:80]} | | | |")
+            rows.append(f"| {LABEL.get(key[0], key[0])} | {r.get('status')}: {r.get('reason', '')[:90]} | | | | |")
             continue
         rows.append(f"| {LABEL.get(key[0], key[0])} | {_f(r['load_s'], '{:.1f}')} | "
                     f"{_f(r['forward_tokens_per_s'])} | {_f(r['harvest_tokens_per_s'])} | "
-                    f"{_f(r['train_steady_tokens_per_s'])} |")
+                    f"{_f(r['train_steady_tokens_per_s'])} | {r.get('load_average_1m', 0):.1f} |")
     rows += ["", "| model | dictionaries | tokens | graph wall | backward passes | s / pass | "
-                 "peak RSS | growth (preflight ÷ growth) | nodes | edges kept | prune |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 "peak RSS | growth (preflight ÷ growth) | nodes | edges kept | prune | load avg |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key in sorted((k for k in recs if k[1] == "graph"), key=_rank):
         r = recs[key]
-        head = f"| {LABEL.get(key[0], key[0])} | {key[2]} | {key[3]} |"
+        kind = key[2] if r.get("dict_dtype", "float32") == "float32" else f"{key[2]} ({r['dict_dtype']})"
+        head = f"| {LABEL.get(key[0], key[0])} | {kind} | {key[3]} |"
         if r.get("status") != "ok":
             why = (r.get("reason") or r.get("stderr") or "").replace("|", "/").splitlines()
-            rows.append(f"{head} **{r.get('status')}**: {why[-1][:160] if why else ''} | | | | | | | |")
+            rows.append(f"{head} **{r.get('status')}**: {why[-1][:160] if why else ''} | | | | | | | | |")
             continue
         rows.append(
             f"{head} {r['graph_wall_s']:.0f} s | {r['backward_passes']} | "
             f"{r['graph_wall_s'] / r['backward_passes']:.2f} | {r['peak_rss_gb']:.1f} GiB | "
             f"{r['graph_rss_growth_gb']:.2f} GiB ({r['preflight_ratio']:.2f}) | {r['n_nodes']:,} | "
-            f"{r['n_edges']:,} | {r['prune_s']:.1f} s |")
+            f"{r['n_edges']:,} | {r['prune_s']:.1f} s | {r.get('load_average_1m', 0):.1f} |")
     return "\n".join(rows)
 
 

@@ -104,6 +104,9 @@ def add_common(p, out_default: str | None = "out", model: bool = True) -> None:
     if model:
         p.add_argument("--model", default=None,
                        help="local mlx-lm or Hugging Face model directory (default: the shipped ioi organism)")
+        p.add_argument("--dequantize", action="store_true",
+                       help="a quantized --model becomes float32 layers at load (on a CPU about 30x "
+                            "faster; memory grows to the float32 model's)")
     if out_default is not None:
         p.add_argument("--out", type=Path, default=Path(out_default), help="output directory")
         p.add_argument("--overwrite", action="store_true",
@@ -215,7 +218,7 @@ def load(args):
         raise CLIError(f"--model {path} does not exist; pass a local mlx-lm or Hugging Face model directory")
     if not Path(path).is_dir():
         raise CLIError(f"--model {path} is a file; pass the model's directory (config.json, *.safetensors, tokenizer)")
-    return load_model(path)
+    return load_model(path, dequantize=bool(getattr(args, "dequantize", False)))
 
 
 def load_dicts(args, model=None):
