@@ -39,7 +39,8 @@ Algorithm (``estimate_exact_memory``):
      table (NODE_TABLE_BYTES per graph node, NODE_KEY_BYTES per active feature
      for the keys).
   6. Peak = FIXED_BYTES + clean state + node tables + max(clean transient,
-     kept edges + one backward pass, end of the build).
+     a quantized head's dequantized unembedding (2·4·vocab·d, for the logit
+     directions), kept edges + one backward pass, end of the build).
      ``ExactMemoryEstimate.check`` refuses (``GraphMemoryError``, one line naming the knobs) when the peak
      exceeds ``memory_fraction`` of ``available_memory_bytes`` (default: Linux
      MemAvailable now), or when E exceeds ``max_edges``.
@@ -239,7 +240,9 @@ def estimate_exact_memory(rm, n_tokens: int, config: GraphConfig, nodes=None,
     batch = int(vjp + dense)
     # 5. end of the build
     finish = FINISH_PER_EDGE * e + NODE_TABLE_BYTES * (n - n_feat + min(n_feat, rows)) + NODE_KEY_BYTES * n_feat
-    peak = FIXED_BYTES + clean + tables + max(clean_tmp, edges + batch, finish)
+    # the logit directions of a quantized head: W_U dequantized once, plus its transpose
+    unembed = 2 * 4 * vocab * d if getattr(model, "quantized", False) else 0
+    peak = FIXED_BYTES + clean + tables + max(clean_tmp, unembed, edges + batch, finish)
     return ExactMemoryEstimate(t, n_feat, n, rows, e, b, int(clean), int(clean_tmp), int(tables),
                                int(edges), batch, int(finish), int(peak))
 

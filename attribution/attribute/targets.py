@@ -72,9 +72,18 @@ def _check_token(model, t) -> int:
     return int(t)
 
 
-def _direction(model, t: int) -> mx.array:
+def _directions(model, ids: list[int]) -> dict[int, mx.array]:
+    """{t: W_U[:, t] − mean_t W_U}, from one evaluated W_U.
+
+    Why: ``model.W_U`` of a quantized head dequantizes the whole [d, vocab] matrix; taken
+    once per target in one lazy graph, ten targets held ten copies (measured 10.8 GB for
+    Llama-3.2-1B's 128k vocabulary). Here W_U is read once and the mean and the columns
+    are evaluated together, after which the full copy is freed."""
+    uniq = list(dict.fromkeys(ids))
     w = model.W_U
-    return w[:, t] - mx.mean(w, axis=1)
+    cols = mx.take(w, mx.array(uniq, dtype=mx.int32), axis=1).T - mx.mean(w, axis=1)
+    mx.eval(cols)
+    return {t: cols[k] for k, t in enumerate(uniq)}
 
 
 def resolve_targets(model, spec: TargetSpec, logits_last: mx.array, norm_last: mx.array, pos: int,
@@ -98,6 +107,9 @@ def resolve_targets(model, spec: TargetSpec, logits_last: mx.array, norm_last: m
         raise LogitTargetError("no logit targets given; pass None for the top logits")
     n_custom = sum(isinstance(x, LogitTarget) and x.token_id < 0 for x in items)
     keys, dirs, weights, ps, labels = [], [], [], [], []
+    vocab_ids = [_check_token(model, x.token_id if isinstance(x, LogitTarget) else x) for x in items
+                 if not (isinstance(x, LogitTarget) and x.token_id < 0)]
+    unembed = _directions(model, vocab_ids) if vocab_ids else {}
     for x in items:
         if isinstance(x, LogitTarget) and x.token_id < 0:
             d = mx.array(x.direction).astype(mx.float32).reshape(-1)
@@ -113,7 +125,7 @@ def resolve_targets(model, spec: TargetSpec, logits_last: mx.array, norm_last: m
         else:
             t = _check_token(model, x.token_id if isinstance(x, LogitTarget) else x)
             keys.append(LogitNode(pos, t))
-            dirs.append(_direction(model, t))
+            dirs.append(unembed[t])
             weights.append(float(probs[t]) if spec is None else 0.0)
             ps.append(float(probs[t]))
             labels.append(model.to_str_tokens([t])[0])
