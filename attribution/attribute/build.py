@@ -11,7 +11,8 @@ Algorithm:
      with the measured L0 (before any backward pass), then fill rows by
      batched VJPs (``exact.exact_rows``) and build the graph from the kept
      edges; with ``max_feature_nodes`` only the processed features stay.
-     ``atp``/``ig``/``patching``: node scores (``patching.node_scores``)
+     ``atp``/``ig``/``patching``: node scores (``patching.node_scores``;
+     ``jump-aware``: ``jump_aware.jump_aware_scores``, node scores only)
      become edges from each feature/error node to one logit node ``metric``;
      with ``feature_edges`` the feature rows (``patch_edges``) are sparsified
      like the exact graph's and added.
@@ -30,6 +31,7 @@ import scipy.sparse as sp
 
 from attribution.attribute.config import METHODS, GraphConfig
 from attribution.attribute.exact import exact_rows
+from attribution.attribute.jump_aware import JUMP_AWARE, jump_aware_scores
 from attribution.attribute.nodes import make_node_set
 from attribution.attribute.patching import node_scores
 from attribution.attribute.targets import TargetSpec, resolve_targets
@@ -206,11 +208,26 @@ def build_graph(model, dictionaries, prompt_or_tokens, targets: TargetSpec = Non
     if convention != "ours":
         raise AttributionMethodError("convention='circuit-tracer' applies to method='exact' graphs; "
                                      "patching-style graphs use convention='ours'")
-    ns = node_scores(rm, state, tg, method, ablation=config.ablation, steps=config.ig_steps,
-                     batch_size=config.batch_size, feature_threshold=config.feature_threshold,
-                     counterfactual=counterfactual, reference=reference, metric=metric,
-                     feature_edges=config.feature_edges, edges_per_target=config.edges_per_target,
-                     edge_threshold=config.edge_threshold)
+    extra = {}
+    if method == JUMP_AWARE:
+        if config.feature_edges:
+            raise AttributionMethodError("method='jump-aware' scores nodes only; use feature_edges=False, "
+                                         "or method='patching' for exact feature edges")
+        ja = jump_aware_scores(rm, state, tg, base=config.correct_base, top=config.correct_top,
+                               fraction=config.correct_fraction,
+                               tolerance=config.correct_tolerance, ablation=config.ablation,
+                               steps=config.ig_steps, batch_size=config.batch_size,
+                               feature_threshold=config.feature_threshold,
+                               counterfactual=counterfactual, reference=reference, metric=metric)
+        ns = ja.nodes
+        extra = {"correct_base": ja.base, "forwards": ja.forwards, "backwards": ja.backwards,
+                 "corrected": [str(k) for k, c in zip(ns.keys, ja.corrected) if c]}
+    else:
+        ns = node_scores(rm, state, tg, method, ablation=config.ablation, steps=config.ig_steps,
+                         batch_size=config.batch_size, feature_threshold=config.feature_threshold,
+                         counterfactual=counterfactual, reference=reference, metric=metric,
+                         feature_edges=config.feature_edges, edges_per_target=config.edges_per_target,
+                         edge_threshold=config.edge_threshold)
     keys = list(ns.keys) + [LogitNode(len(ids) - 1, -1, "metric")]
     n = len(keys)
     adj = sp.csr_matrix((ns.scores, (np.full(n - 1, n - 1), np.arange(n - 1))), shape=(n, n))
@@ -220,7 +237,7 @@ def build_graph(model, dictionaries, prompt_or_tokens, targets: TargetSpec = Non
     md = _metadata(model, rm, text, ids, method, config,
                    {"ablation": config.ablation, "clean_metric": ns.clean_metric,
                     "forward_passes": ns.forward_passes, "targets": [str(k) for k in tg.keys],
-                    "ig_steps": config.ig_steps if method == "ig" else None})
+                    "ig_steps": config.ig_steps if method == "ig" else None, **extra})
     act = np.concatenate([ns.activation, [ns.clean_metric]])
     tokens = [tok_str[k.pos] for k in ns.keys] + ["metric"]
     return Graph.from_keys(keys, adj, act, [1.0], md, token=tokens, dropped_mass=dropped)

@@ -10,9 +10,10 @@ from typing import Literal
 
 from attribution.replacement.errors import AttributionMethodError
 
-METHODS = ("exact", "atp", "ig", "patching")
+METHODS = ("exact", "atp", "ig", "patching", "jump-aware")
 """exact: linear attribution edges (batched VJP); atp: attribution patching;
-ig: integrated gradients; patching: exact activation patching."""
+ig: integrated gradients; patching: exact activation patching; jump-aware: IG (or AtP)
+with the top-|score| nodes exactly patched (``jump_aware``)."""
 ABLATIONS = ("zero", "mean", "counterfactual")
 
 
@@ -65,6 +66,18 @@ class GraphConfig:
     """Graph conventions (exact graphs): ours, or circuit-tracer's, which prepends BOS to the
     prompt, zeroes position 0 (no feature or error nodes there) and gives token nodes
     W_E[token] only (the positional embedding is a constant)."""
+    correct_base: Literal["ig", "atp"] = "ig"
+    """jump-aware: the gradient method that scores every node and orders the candidates."""
+    correct_top: int | None = None
+    """jump-aware: exactly patch this many nodes (largest |base score| first), with no early
+    stop; overrides ``correct_fraction`` and ``correct_tolerance``. None = adaptive."""
+    correct_fraction: float = 1.0
+    """jump-aware: patch at most ceil(this × moved nodes) (moved: the ablated value differs
+    from the clean one; the others have no effect). 1.0 = no cap beyond the tolerance."""
+    correct_tolerance: float = 0.05
+    """jump-aware: stop patching after the first batch whose mean squared correction, times
+    the moved nodes still unpatched, is at most this share of the scores' total square
+    (about Pearson r >= sqrt(1 - this) with patching); 0 = patch up to the cap."""
 
     def __post_init__(self) -> None:
         def pos_int(name, v, lo=1):
@@ -77,7 +90,8 @@ class GraphConfig:
         pos_int("update_interval", self.update_interval)
         if self.max_batch_tokens is not None:
             pos_int("max_batch_tokens", self.max_batch_tokens)
-        for name in ("max_feature_nodes", "edges_per_target", "available_memory_bytes", "max_edges"):
+        for name in ("max_feature_nodes", "edges_per_target", "available_memory_bytes", "max_edges",
+                     "correct_top"):
             if getattr(self, name) is not None:
                 pos_int(name, getattr(self, name), 0)
         if not 0 < self.logit_prob_mass <= 1:
@@ -92,6 +106,12 @@ class GraphConfig:
             raise AttributionMethodError(f"unreplaced_mlps {self.unreplaced_mlps!r}; 'frozen' or 'gradient'")
         if self.convention not in ("ours", "circuit-tracer"):
             raise AttributionMethodError(f"convention {self.convention!r}; 'ours' or 'circuit-tracer'")
+        for name in ("correct_fraction", "correct_tolerance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise AttributionMethodError(f"GraphConfig.{name} must be a number in [0, 1], got {v!r}")
+        if self.correct_base not in ("ig", "atp"):
+            raise AttributionMethodError(f"correct_base {self.correct_base!r}; 'ig' or 'atp'")
         if self.ablation not in ABLATIONS:
             raise AttributionMethodError(f"ablation {self.ablation!r}; one of {ABLATIONS}")
 

@@ -31,7 +31,9 @@ def add_parser(sub, name: str) -> None:
     add_force(p)
     p.add_argument("--dicts", type=Path, default=Path("out/dictionaries/dictionaries"))
     add_prompt_args(p)
-    p.add_argument("--method", default="exact", choices=["exact", "atp", "ig", "patching"])
+    p.add_argument("--method", default="exact", choices=["exact", "atp", "ig", "patching", "jump-aware"],
+                   help="jump-aware: IG node scores with the largest exactly patched (TopK, BatchTopK "
+                        "and JumpReLU jumps; see --correct-tolerance)")
     p.add_argument("--target", default=None, choices=["logit_diff", "top"],
                    help="logit difference (default when the prompt has answer and wrong tokens) "
                         "or the top logits (default for a free prompt without --answer)")
@@ -50,6 +52,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--feature-edges", action="store_true",
                    help="atp/ig/patching: also estimate feature-to-feature edges (not just node scores)")
     p.add_argument("--ig-steps", type=positive_int, default=16, help="integration steps of --method ig")
+    p.add_argument("--correct-tolerance", type=float, default=0.05,
+                   help="--method jump-aware: stop patching once the remaining corrections are "
+                        "estimated below this share of the scores' total square")
     p.add_argument("--convention", default="ours", choices=["ours", "circuit-tracer"],
                    help="exact graphs: circuit-tracer's conventions (BOS prepended, position 0 zeroed, "
                         "token nodes without the positional embedding) to reproduce its graphs")
@@ -97,7 +102,8 @@ def build(model, dicts, args, prog=None, spec=None):
     if (args.large_model or args.max_feature_nodes is not None) and args.method != "exact":
         raise CLIError("--large-model and --max-feature-nodes apply to --method exact")
     kw = dict(batch_size=args.batch_size, ablation=ablation, feature_edges=args.feature_edges,
-              ig_steps=args.ig_steps, convention=args.convention)
+              ig_steps=args.ig_steps, convention=args.convention,
+              correct_tolerance=args.correct_tolerance)
     for name in ("edges_per_target", "max_feature_nodes"):  # given flags override the preset
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)

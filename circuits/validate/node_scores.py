@@ -1,4 +1,4 @@
-"""Gradient node scores (integrated gradients, attribution patching) against exact patching.
+"""Gradient node scores (IG, attribution patching, jump-aware) against exact patching.
 
 Nodes are feature and error nodes of the spliced replacement model; every method
 estimates M(node ablated) − M(clean) for the task's logit difference M.
@@ -12,12 +12,18 @@ Algorithm (``node_score_agreement``):
      tag each row as a feature or an error node.
   3. Pearson r, Spearman rho and the least-squares slope of patching on the
      method, pooled over (prompt, node) pairs, overall and per node kind.
+  4. Cost per prompt in single-prompt forwards / backwards (every backward copy also
+     runs a forward), excluding the clean and counterfactual forwards all methods
+     share: jump-aware's is counted as it runs (graph metadata); the others follow
+     from ``attribution.attribute.patching``'s loops: atp 2 / 1, ig 1 + L·steps / L·steps
+     (L dictionary layers), patching 1 + n + ceil(n / batch_size) / 0 (n nodes).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -41,6 +47,12 @@ class NodeScoreAgreement:
     """zero | mean | counterfactual."""
     ig_steps: int
     """Integration steps of IG."""
+    cost: dict = field(default_factory=dict)
+    """{method (patching too): {"forwards", "backwards"}: mean per prompt} (module docstring)."""
+
+
+GRADIENT_METHODS = ("ig", "atp", "jump-aware")
+"""Methods ``node_score_agreement`` compares with exact patching."""
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -55,21 +67,29 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def node_score_agreement(model, dictionaries, data, n_prompts: int = 6,
                          methods: tuple = ("ig", "atp"), ablation: str = "counterfactual",
                          ig_steps: int = 16, batch_size: int = 32,
+                         jump_aware: dict | None = None,
                          on_progress: Callable[[int, int], None] | None = None
                          ) -> NodeScoreAgreement:
-    """Compare gradient node scores with exact patching on task examples (module docstring)."""
+    """Compare gradient node scores with exact patching on task examples (module docstring).
+
+    ``methods``: any of ig, atp, jump-aware; ``jump_aware``: ``GraphConfig`` fields for
+    jump-aware (``correct_*``, e.g. ``{"correct_top": 50}``; None = the defaults)."""
     from attribution import GraphConfig, ReplacementModel, build_graph, logit_diff
     from circuits.errors import ValidationError
 
     if n_prompts < 1 or n_prompts > len(data):
         raise ValidationError(f"n_prompts must lie in 1..{len(data)} (the task has {len(data)} "
                               f"examples), got {n_prompts}")
-    bad = [m for m in methods if m not in ("ig", "atp")]
+    bad = [m for m in methods if m not in GRADIENT_METHODS]
     if bad:
-        raise ValidationError(f"unknown gradient method(s) {bad}; use 'ig' and/or 'atp'")
+        raise ValidationError(f"unknown gradient method(s) {bad}; use any of {list(GRADIENT_METHODS)}")
+    extra = dict(jump_aware or {})
+    wrong = [k for k in extra if not k.startswith("correct_")]
+    if wrong:
+        raise ValidationError(f"jump_aware takes GraphConfig's correct_* fields, not {wrong}")
     rm = ReplacementModel(model, dictionaries)
-    cfg = GraphConfig(ablation=ablation, ig_steps=ig_steps, batch_size=batch_size)
-    frames = []
+    cfg = GraphConfig(ablation=ablation, ig_steps=ig_steps, batch_size=batch_size, **extra)
+    frames, costs = [], {m: [] for m in ("patching", *methods)}
     for i in range(n_prompts):
         clean = [int(t) for t in data.clean[i]]
         cf = [int(t) for t in data.corrupted[i]] if ablation == "counterfactual" else None
@@ -79,6 +99,7 @@ def node_score_agreement(model, dictionaries, data, n_prompts: int = 6,
             g = build_graph(rm, None, clean, targets=target, method=method, config=cfg,
                             counterfactual=cf)
             cols[method] = g.edges().set_index("source")["weight"]
+            costs[method].append(_cost(method, g, len(rm.layers), ig_steps, batch_size))
         df = pd.DataFrame(cols).fillna(0.0).rename_axis("node").reset_index()
         df.insert(0, "prompt", i)
         frames.append(df)
@@ -95,7 +116,19 @@ def node_score_agreement(model, dictionaries, data, n_prompts: int = 6,
                          "n": len(sub)})
             if kind == "all":
                 pear[m], spear[m], slope[m] = r, rho, s
-    return NodeScoreAgreement(pear, spear, slope, pd.DataFrame(rows), table, ablation, ig_steps)
+    cost = {m: {k: float(np.mean([c[k] for c in cs])) for k in ("forwards", "backwards")}
+            for m, cs in costs.items()}
+    return NodeScoreAgreement(pear, spear, slope, pd.DataFrame(rows), table, ablation, ig_steps, cost)
 
 
-__all__ = ["NodeScoreAgreement", "node_score_agreement"]
+def _cost(method: str, g, n_layers: int, steps: int, batch: int) -> dict:
+    """Single-prompt forwards / backwards of one graph's node scores (module docstring, 4)."""
+    if method == "jump-aware":
+        return {"forwards": g.metadata["forwards"], "backwards": g.metadata["backwards"]}
+    n = int((~g.type_mask("logit")).sum())
+    return {"atp": {"forwards": 2, "backwards": 1},
+            "ig": {"forwards": 1 + n_layers * steps, "backwards": n_layers * steps},
+            "patching": {"forwards": 1 + n + math.ceil(n / batch), "backwards": 0}}[method]
+
+
+__all__ = ["GRADIENT_METHODS", "NodeScoreAgreement", "node_score_agreement"]

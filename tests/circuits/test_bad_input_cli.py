@@ -118,6 +118,8 @@ CASES = [
     ("attr-edges-per-target-0", [*ATTR, "--edges-per-target", "0"], ">= 1"),
     ("attr-ig-steps-0", [*ATTR, "--ig-steps", "0", "--method", "ig"], ">= 1"),
     ("attr-bad-method", [*ATTR, "--method", "magic"], "invalid choice"),
+    ("attr-jump-aware-tolerance", [*ATTR, "--method", "jump-aware", "--correct-tolerance", "2"], r"\[0, 1\]"),
+    ("attr-jump-aware-feature-edges", [*ATTR, "--method", "jump-aware", "--feature-edges"], "feature"),
     ("attr-corrupt-dicts", ["attribute", "--dicts", "{d}/corrupt_dicts"], "corrupt_dicts|safetensors|read"),
     # --- validate (feature level) -------------------------------------------------
     ("val-missing-circuit", ["validate", "--circuit", "{d}/nope", *DICTS], "nope"),
