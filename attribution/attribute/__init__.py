@@ -2,7 +2,8 @@
 
 Submodules (one concept each): ``config`` (GraphConfig), ``targets`` (logit
 targets), ``nodes`` (node set and order), ``exact`` (batched-VJP rows),
-``patching`` (AtP / IG / exact patching node scores), ``build`` (build_graph).
+``patching`` (AtP / IG / exact patching node scores), ``build`` (build_graph),
+``qk`` (attention scores split into query-node × key-node terms).
 """
 
 from attribution.attribute.build import ATTRIBUTION_VERSION, build_graph, prompt_tokens
@@ -12,6 +13,17 @@ from attribution.attribute.patching import (
     ablated_values,
     integrated_gradients,
     node_scores,
+)
+from attribution.attribute.qk import (
+    BiasNode,
+    HeadSplit,
+    QKAttribution,
+    QKAttributionError,
+    edge_qk,
+    head_split,
+    qk_attribution,
+    qk_attributions,
+    top_key_attributions,
 )
 from attribution.attribute.targets import (
     LogitTarget,
@@ -23,16 +35,25 @@ from attribution.attribute.targets import (
 __all__ = [
     "ABLATIONS",
     "ATTRIBUTION_VERSION",
+    "BiasNode",
     "METHODS",
     "GraphConfig",
+    "HeadSplit",
     "LogitTarget",
     "NodeScores",
+    "QKAttribution",
+    "QKAttributionError",
     "ResolvedTargets",
     "ablated_values",
     "build_graph",
+    "edge_qk",
+    "head_split",
     "integrated_gradients",
     "logit_diff",
     "node_scores",
     "prompt_tokens",
+    "qk_attribution",
+    "qk_attributions",
     "resolve_targets",
+    "top_key_attributions",
 ]
