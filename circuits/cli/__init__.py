@@ -26,6 +26,7 @@ import signal
 import sys
 import warnings
 
+from circuits.cli import aggregate as _aggregate
 from circuits.cli import attribute as _attribute
 from circuits.cli import bench as _bench
 from circuits.cli import demo as _demo
@@ -42,7 +43,7 @@ from circuits.cli import train as _train
 from circuits.cli._common import Interrupted, _one_line, apply_config, check_out, set_run
 
 _COMMANDS = {"demo": _demo, "harvest": _harvest, "train": _train, "evaluate": _evaluate, "attribute": _attribute,
-             "prune": _prune, "validate": _validate, "features": _features, "render": _render,
+             "aggregate": _aggregate, "prune": _prune, "validate": _validate, "features": _features, "render": _render,
              "report": _report, "bench": _bench, "organism": _organism, "doctor": _doctor}
 
 _GLOBAL = (("--quiet", "no progress bars or chatter"), ("--json", "print results as one JSON object"),
