@@ -81,7 +81,7 @@ import mlx.core as mx
 import numpy as np
 
 from attribution.errors import AttributionError, UnsupportedArchitectureError
-from attribution.graph.keys import ErrorNode, FeatureNode, TokenNode, sort_key
+from attribution.graph.keys import ErrorNode, FeatureNode, TokenNode, _typed_eq, _typed_hash, _typed_ne, sort_key
 from attribution.model.attention import SDPA_NAME, uses_sdpa
 from attribution.model.dequant import dequantized_attention
 from attribution.model.hooks import Hooks, base_class
@@ -94,18 +94,6 @@ from attribution.replacement.units import targets_of, write_vectors
 
 class QKAttributionError(AttributionError):
     """A QK attribution request names a layer, head or position that does not exist."""
-
-
-def _typed_eq(self, other) -> bool:
-    return type(self) is type(other) and tuple.__eq__(self, other)
-
-
-def _typed_ne(self, other) -> bool:
-    return not _typed_eq(self, other)
-
-
-def _typed_hash(self) -> int:
-    return hash((self.kind, *self))
 
 
 class BiasNode(NamedTuple):

@@ -6,24 +6,14 @@ import attribution  # noqa: F401  (BLAS preload before mlx)
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from attribution.graph import Graph
-from attribution.graph.keys import parse_key
 from circuits.multi import Aggregate, AggregateConfig, MultiError, aggregate
 from circuits.prune import prune
+from circuits_helpers import hand_graph
 
 
-def mk(n_tokens, acts, edges, n_layers=2, prompt=""):
-    """A Graph from {key: activation} and {(source, target): weight}; one named logit of weight 1."""
-    keys = list(acts)
-    pos = {k: i for i, k in enumerate(keys)}
-    rows = [pos[t] for (_, t) in edges]
-    cols = [pos[s] for (s, _) in edges]
-    adj = sp.csr_matrix((list(edges.values()), (rows, cols)), shape=(len(keys), len(keys)))
-    n_logits = sum(k.startswith("logit") for k in keys)
-    return Graph.from_keys([parse_key(k) for k in keys], adj, list(acts.values()), [1.0 / n_logits] * n_logits,
-                           {"n_layers": n_layers, "tokens": list(range(n_tokens)), "prompt": prompt})
+mk = hand_graph
 
 
 def g1():

@@ -4,21 +4,12 @@ import attribution  # noqa: F401  (BLAS preload before mlx)
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from attribution.graph import Graph
-from attribution.graph.keys import parse_key
 from circuits.multi import AggregateConfig, DiffConfig, MultiError, aggregate, diff
+from circuits_helpers import hand_graph
 
 
-def mk(n_tokens, acts, edges, n_layers=2):
-    keys = list(acts)
-    pos = {k: i for i, k in enumerate(keys)}
-    adj = sp.csr_matrix((list(edges.values()), ([pos[t] for _, t in edges], [pos[s] for s, _ in edges])),
-                        shape=(len(keys), len(keys)))
-    n_logits = sum(k.startswith("logit") for k in keys)
-    return Graph.from_keys([parse_key(k) for k in keys], adj, list(acts.values()), [1.0 / n_logits] * n_logits,
-                           {"n_layers": n_layers, "tokens": list(range(n_tokens))})
+mk = hand_graph
 
 
 A_ACTS = {"tok:0:5": 1.0, "feat:0:1:3": 2.0, "feat:0:1:4": 1.0, "feat:1:1:7": 3.0, "logit:1:d": 1.0}

@@ -4,23 +4,14 @@ import attribution  # noqa: F401  (BLAS preload before mlx)
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from attribution.graph import Graph
-from attribution.graph.keys import parse_key
 from circuits.multi import (
     MultiError, SupernodeConfig, adjusted_rand_index, aggregate, collapse, decoder_vectors, find_supernodes,
 )
+from circuits_helpers import hand_graph
 
 
-def mk(n_tokens, acts, edges, n_layers=2):
-    keys = list(acts)
-    pos = {k: i for i, k in enumerate(keys)}
-    adj = sp.csr_matrix((list(edges.values()), ([pos[t] for _, t in edges], [pos[s] for s, _ in edges])),
-                        shape=(len(keys), len(keys)))
-    n_logits = sum(k.startswith("logit") for k in keys)
-    return Graph.from_keys([parse_key(k) for k in keys], adj, list(acts.values()), [1.0 / n_logits] * n_logits,
-                           {"n_layers": n_layers, "tokens": list(range(n_tokens))})
+mk = hand_graph
 
 
 def planted(n_prompts=6, seed=0):

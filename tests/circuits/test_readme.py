@@ -54,3 +54,8 @@ def test_python_api_blocks_run(tmp_path, monkeypatch):
     assert ns["comp"].ablation == "counterfactual"
     assert set(ns["grads"]) == {ns["Site"](1, "mlp_out")}
     assert ns["tcs"] and ns["graph"].metadata["convention"] == "circuit-tracer"
+    # the trustworthy-circuits block: measured nodes, exact QK split, truth recovered
+    assert ns["measured"] and ns["ja"].metadata["method"] == "jump-aware"
+    assert abs(float(ns["why"].query_marginals.sum()) - ns["why"].score) < 1e-3 * max(1.0, abs(ns["why"].score))
+    assert ns["recovery"].node_auc == 1.0 and ns["recovery"].node_recall == 1.0
+    assert 0 < ns["delta"].summary.node_jaccard < 1
