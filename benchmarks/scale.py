@@ -74,7 +74,16 @@ MODELS = {
     "llama-3.2-1b": ("llama-3.2-1b", "bfloat16", None),
     "llama-3.2-1b-4bit": ("llama-3.2-1b", "bfloat16", 4),
     "gemma-2-2b": ("gemma-2-2b", "bfloat16", None),
+    # issue 15's long-prompt model: d 512, 8 layers (Llama-style; run with --width 4096
+    # --lengths 2048 --phases graph)
+    "mid-d512": ("llama-3.2-1b", "float32", None),
 }
+OVERRIDES = {
+    "mid-d512": {"hidden_size": 512, "num_hidden_layers": 8, "intermediate_size": 2048,
+                 "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64,
+                 "vocab_size": 32000, "rope_scaling": None},
+}
+"""Config fields changed from the published base, for models that are not a published release."""
 ROOT = Path(__file__).resolve().parents[1]
 GRAPH_HEADROOM = 6 * 2**30
 """Usable memory (bytes) float32 dictionaries must leave for the graph (``--dict-dtype auto``)."""
@@ -101,7 +110,8 @@ def model_dir(cache: Path, name: str) -> Path:
     base, dtype, bits = MODELS[name]
     path = cache / name
     if not (path / "config.json").exists():
-        make_config_model(published_config(base), path, seed=0, dtype=dtype, bits=bits)
+        make_config_model(published_config(base, **OVERRIDES.get(name, {})), path, seed=0,
+                          dtype=dtype, bits=bits)
     return path
 
 
@@ -110,7 +120,7 @@ def resident_bytes(name: str, width: int, dict_itemsize: int = 4, dicts: str = "
     from attribution.attribute.synthetic import param_count, published_config
 
     base, _, bits = MODELS[name]
-    cfg = published_config(base)
+    cfg = published_config(base, **OVERRIDES.get(name, {}))
     n_layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
     d = cfg.get("hidden_size") or cfg.get("n_embd")
     per_param = 4 if bits is None else 0.6
@@ -302,7 +312,8 @@ def run_one(name: str, path: Path, n_tokens: int | None, args, dict_dtype: str, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=[m for m in MODELS if m not in OVERRIDES],
+                    choices=list(MODELS))
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 512])
     ap.add_argument("--width", type=int, default=16384)
     ap.add_argument("--l0", type=float, default=50.0)

@@ -24,6 +24,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--model", default=None, help="model directory (default: the ioi organism)")
     p.add_argument("--tokens", type=positive_int, default=None, help="transcoder training tokens")
     p.add_argument("--no-dashboards", action="store_true", help="skip feature dashboards")
+    p.add_argument("--selection", default="faithful", choices=["faithful", "influence"],
+                   help="headline circuit: the smallest one with measured faithfulness in [0.9, 1.1] and "
+                        "complement <= 0.2 (default), or influence pruning (node 0.8, edge 0.98) alone")
     p.add_argument("--config", type=Path, default=None, help="TOML or JSON options file")
 
 
@@ -36,7 +39,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     doc = collect(512)
-    cfg = DemoConfig(dashboards=not args.no_dashboards)
+    cfg = DemoConfig(dashboards=not args.no_dashboards, selection=args.selection)
     if args.tokens:
         cfg = replace(cfg, dictionaries=replace(cfg.dictionaries, tokens=args.tokens))
     bars: dict = {}
@@ -67,8 +70,12 @@ def run(args) -> int:
              f"replacement score  {f['replacement_full']:.3f} (graph)  {f['replacement_pruned']:.3f} (circuit)",
              f"completeness score {f['completeness_full']:.3f} (graph)  {f['completeness_pruned']:.3f} (circuit)",
              f"faithfulness (patching, counterfactual) {f['faithfulness']:.3f}; "
-             f"complement {f['completeness_patching']:.3f}",
-             f"IG vs patching r = {f['ig_vs_patching_r']:.3f} (AtP r = {f['atp_vs_patching_r']:.3f})",
+             f"complement {f['completeness_patching']:.3f}"
+             + (f" ({f['selection_reason']})" if f.get("selection_reason") else ""),
+             f"influence-pruned circuit: {f['influence_circuit_nodes']} nodes, faithfulness "
+             f"{f['influence_faithfulness']:.3f}, complement {f['influence_complement']:.3f}",
+             f"node scores vs exact patching: IG r = {f['ig_vs_patching_r']:.3f}, AtP r = "
+             f"{f['atp_vs_patching_r']:.3f}, jump-aware r = {f['jump_aware_vs_patching_r']:.3f}",
              f"graph-predicted vs measured feature ablations: r = "
              f"{f['graph_vs_patching_r_constrained']:.3f} (constrained), "
              f"{f['graph_vs_patching_r_iterative']:.3f} (iterative)",

@@ -6,12 +6,16 @@ Algorithm (``run_demo``), every artifact written under ``out``:
      ``dictionary_metrics.csv``.
   2. Build the exact attribution graph of one task prompt, target = the task's
      logit difference -> ``graph/``, ``graph.neuronpedia.json``.
-  3. Prune by influence (node 0.8, edge 0.98) -> ``circuit/``, replacement and
-     completeness scores.
+  3. Prune by influence (node 0.8, edge 0.98) -> ``circuit_influence/``, replacement
+     and completeness scores; then (``selection="faithful"``, the default) select the
+     headline circuit by measured faithfulness (``select_faithful``: the smallest
+     influence-ranked candidate with faithfulness in [0.9, 1.1] and complement <= 0.2)
+     -> ``circuit/``, ``faithful_curve.csv``. Influence pruning alone overshoots on the
+     demo prompt (faithfulness 1.63, complement -0.37), so it is kept for comparison.
   4. Validate by activation patching in the replacement model (counterfactual
      ablation): circuit faithfulness/completeness, a faithfulness curve over the
-     influence ranking, and IG node scores against exact patching on several
-     prompts (Pearson r) -> ``validation.json``, CSVs.
+     influence ranking, and IG, AtP and jump-aware node scores against exact
+     patching on several prompts (Pearson r) -> ``validation.json``, CSVs.
   5. Figures and report: circuit DOT/SVG/PNG/PDF, curves, scatter, dashboards of
      the circuit's features, co-activation of circuit features on task prompts,
      ``report.html``.
@@ -55,6 +59,19 @@ class DemoConfig:
     """Cumulative-score share of edges kept."""
     dashboards: bool = True
     """Write feature dashboards for the circuit's features."""
+    selection: str = "faithful"
+    """Headline circuit: ``faithful`` (smallest measured candidate inside the band, see
+    ``circuits.pipeline.faithful_selection``) or ``influence`` (influence pruning only)."""
+    band: tuple = (0.9, 1.1)
+    """``faithful`` selection: the faithfulness band the circuit must lie in."""
+    max_complement: float = 0.2
+    """``faithful`` selection: the largest faithfulness its complement may keep."""
+
+    def __post_init__(self) -> None:
+        from circuits.errors import ValidationError
+
+        if self.selection not in ("faithful", "influence"):
+            raise ValidationError(f"DemoConfig.selection {self.selection!r}: use 'faithful' or 'influence'")
 
 
 @dataclass
@@ -97,9 +114,13 @@ def train_stage(model, cfg: DemoConfig, out: Path, progress: Progress):
 
 
 def graph_stage(model, dicts, cfg: DemoConfig, out: Path, progress: Progress):
-    """Steps 2-3: exact graph and influence-pruned circuit."""
-    from attribution import GraphConfig, build_graph, logit_diff
+    """Steps 2-3: exact graph, influence-pruned circuit, and the headline circuit.
 
+    Returns (graph, headline circuit, influence circuit, example, selection or None)."""
+    from attribution import GraphConfig, build_graph, logit_diff
+    from attribution.replacement import ReplacementModel
+
+    from circuits.pipeline.faithful_selection import FaithfulSelectionConfig, select_faithful
     from circuits.prune import prune
 
     data = _task(model, cfg.task, cfg.example + 1)
@@ -109,13 +130,30 @@ def graph_stage(model, dicts, cfg: DemoConfig, out: Path, progress: Progress):
                         progress=lambda s, d, t: progress("attribution graph", d, t))
     graph.save(out / "graph")
     graph.write_neuronpedia(out / "graph.neuronpedia.json")
-    circuit = prune(graph, cfg.node_threshold, cfg.edge_threshold)
-    circuit.graph.save(out / "circuit")
-    return graph, circuit, (clean, corrupted, good, bad)
+    influence = prune(graph, cfg.node_threshold, cfg.edge_threshold)
+    influence.graph.save(out / "circuit_influence")
+    example = (clean, corrupted, good, bad)
+    if cfg.selection == "influence":
+        influence.graph.save(out / "circuit")
+        return graph, influence, influence, example, None
+
+    def metric(last):
+        return last[good] - last[bad]
+
+    sel = select_faithful(ReplacementModel(model, dicts), clean, graph, metric,
+                          FaithfulSelectionConfig(band=tuple(cfg.band), max_complement=cfg.max_complement),
+                          counterfactual=corrupted,
+                          progress=lambda s, d, t: progress("faithful selection", d, t))
+    sel.circuit.graph.save(out / "circuit")
+    sel.curve.to_csv(out / "faithful_curve.csv", index=False)
+    return graph, sel.circuit, influence, example, sel
 
 
-def validate_stage(model, dicts, graph, circuit, example, cfg: DemoConfig, out: Path, progress: Progress):
-    """Step 4: patching-measured faithfulness, curve, and IG-vs-patching agreement."""
+def validate_stage(model, dicts, graph, circuit, example, cfg: DemoConfig, out: Path, progress: Progress,
+                   influence=None):
+    """Step 4: patching-measured faithfulness (of the headline circuit and, when it was
+    selected by faithfulness, of the influence-pruned one), the curve over the influence
+    ranking, and IG / AtP / jump-aware against exact patching."""
     import pandas as pd
 
     from attribution.replacement import ReplacementModel
@@ -130,7 +168,10 @@ def validate_stage(model, dicts, graph, circuit, example, cfg: DemoConfig, out: 
 
     progress("validate", 0, 3)
     faith = feature_faithfulness(rm, clean, circuit.graph, metric, "counterfactual", corrupted)
-    infl = np.asarray(circuit.node_influence)
+    influence = circuit if influence is None else influence
+    faith_infl = (faith if influence is circuit else
+                  feature_faithfulness(rm, clean, influence.graph, metric, "counterfactual", corrupted))
+    infl = np.asarray(influence.node_influence)
     curve = feature_faithfulness_curve(rm, clean, graph, infl, metric, FRACTIONS,
                                        "counterfactual", corrupted)
     curve.to_csv(out / "faithfulness_curve.csv", index=False)
@@ -141,7 +182,7 @@ def validate_stage(model, dicts, graph, circuit, example, cfg: DemoConfig, out: 
     effects = predicted_effects(model, dicts, cfg)
     effects.to_csv(out / "predicted_vs_measured.csv", index=False)
     progress("validate", 3, 3)
-    return faith, curve, agree, effects
+    return faith, faith_infl, curve, agree, effects
 
 
 def predicted_effects(model, dicts, cfg: DemoConfig) -> "pd.DataFrame":
@@ -162,7 +203,8 @@ def ig_vs_patching(model, dicts, cfg: DemoConfig, progress) -> "pd.DataFrame":
 
     data = _task(model, cfg.task, cfg.agreement_prompts, seed=11)
     res = node_score_agreement(model, dicts, data, n_prompts=cfg.agreement_prompts,
-                               ig_steps=cfg.ig_steps, on_progress=progress)
+                               methods=("ig", "atp", "jump-aware"), ig_steps=cfg.ig_steps,
+                               on_progress=progress)
     return res.table
 
 
@@ -192,7 +234,8 @@ def describe_features(model, dicts, graph, n: int = 3) -> dict:
 
 
 def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, history,
-                  cfg: DemoConfig, out: Path, progress: Progress, effects=None) -> dict:
+                  cfg: DemoConfig, out: Path, progress: Progress, effects=None,
+                  selection_rows=None) -> dict:
     """Step 5: figures, dashboards, co-activation, report. Returns name -> path."""
     import pandas as pd
 
@@ -204,7 +247,11 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
 
     arts = {}
     desc = describe_features(model, dicts, circuit.graph)
-    dot = to_dot(circuit, style=CircuitStyle(max_edges=120), descriptions=desc)
+    # The figure states what the circuit was chosen by and what patching measured.
+    how = "chosen by faithfulness" if cfg.selection == "faithful" else "influence-pruned"
+    title = (f"{cfg.task} circuit, {how}: faithfulness {faith.faithfulness:.3f}, "
+             f"complement {faith.completeness:.3f}")
+    dot = to_dot(circuit, style=CircuitStyle(max_edges=120, title=title), descriptions=desc)
     (out / "circuit.dot").write_text(dot)
     for ext in ("svg", "png", "pdf"):
         arts[f"circuit.{ext}"] = str(render(dot, out / f"circuit.{ext}"))
@@ -231,6 +278,8 @@ def figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, hi
               "Graph scores": pd.DataFrame([{"graph": k, **getattr(circuit.scores, k)._asdict()}
                                             for k in ("full", "pruned", "merged")]),
               "Validation (activation patching, counterfactual)": pd.DataFrame([asdict(faith)])}
+    if selection_rows:
+        tables["Circuit selection (faithfulness and complement measured by patching)"] = pd.DataFrame(selection_rows)
     if effects is not None and len(effects):
         from circuits.validate.feature_agreement import agreement_summary
 
@@ -304,14 +353,21 @@ def run_demo(out: Path, model_path: str | None = None, cfg: DemoConfig = DemoCon
     dicts, quality, history = train_stage(model, cfg, out, progress)
     t["train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    graph, circuit, example = graph_stage(model, dicts, cfg, out, progress)
+    graph, circuit, influence, example, sel = graph_stage(model, dicts, cfg, out, progress)
     t["graph_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    faith, curve, agree, effects = validate_stage(model, dicts, graph, circuit, example, cfg, out, progress)
+    faith, faith_infl, curve, agree, effects = validate_stage(model, dicts, graph, circuit, example, cfg, out,
+                                                              progress, influence)
+    rows = [{"circuit": "influence pruning (node 0.8, edge 0.98)", "nodes": int(influence.node_mask.sum()),
+             "faithfulness": faith_infl.faithfulness, "complement": faith_infl.completeness}]
+    if sel is not None:
+        rows.append({"circuit": f"faithful selection (band {cfg.band[0]}-{cfg.band[1]}, complement <= "
+                                f"{cfg.max_complement}; headline)", "nodes": int(circuit.node_mask.sum()),
+                     "faithfulness": faith.faithfulness, "complement": faith.completeness})
     t["validate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     arts = figures_stage(model, dicts, graph, circuit, faith, curve, agree, quality, history,
-                         cfg, out, progress, effects)
+                         cfg, out, progress, effects, rows)
     t["figures_s"] = time.perf_counter() - t0
     s = circuit.scores
     figures = {
@@ -323,6 +379,11 @@ def run_demo(out: Path, model_path: str | None = None, cfg: DemoConfig = DemoCon
         "replacement_full": s.full.replacement, "completeness_full": s.full.completeness,
         "replacement_pruned": s.pruned.replacement, "completeness_pruned": s.pruned.completeness,
         "faithfulness": faith.faithfulness, "completeness_patching": faith.completeness,
+        "selection": cfg.selection, "selection_met": None if sel is None else bool(sel.met),
+        "selection_reason": None if sel is None else sel.reason,
+        "influence_circuit_nodes": int(influence.node_mask.sum()),
+        "influence_faithfulness": faith_infl.faithfulness, "influence_complement": faith_infl.completeness,
+        "jump_aware_vs_patching_r": _pearson(agree["jump-aware"], agree["patching"]),
         "ig_vs_patching_r": _pearson(agree["ig"], agree["patching"]),
         "atp_vs_patching_r": _pearson(agree["atp"], agree["patching"]),
         "graph_vs_patching_r_constrained": _pearson(effects["predicted_direct"], effects["measured_constrained"]),
@@ -334,5 +395,8 @@ def run_demo(out: Path, model_path: str | None = None, cfg: DemoConfig = DemoCon
     (out / "validation.json").write_text(json.dumps({"figures": figures, "faithfulness": asdict(faith)},
                                                     indent=2, sort_keys=True, default=float))
     arts.update({"dictionaries": str(out / "dictionaries"), "graph": str(out / "graph"),
-                 "circuit": str(out / "circuit"), "validation.json": str(out / "validation.json")})
+                 "circuit": str(out / "circuit"), "circuit_influence": str(out / "circuit_influence"),
+                 "validation.json": str(out / "validation.json")})
+    if sel is not None:
+        arts["faithful_curve.csv"] = str(out / "faithful_curve.csv")
     return DemoResult(figures, arts)
