@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from attribution.attribute.config import METHODS, GraphConfig
-from attribution.attribute.exact import exact_rows
+from attribution.attribute.exact import effective_batch_size, exact_rows
 from attribution.attribute.jump_aware import JUMP_AWARE, jump_aware_scores
 from attribution.attribute.nodes import make_node_set
 from attribution.attribute.patching import node_scores
@@ -108,8 +108,13 @@ def apply_convention(model, state, convention: str):
 
 
 def _check_memory(model, rm, n_tokens: int, per_token: float, config: GraphConfig) -> None:
+    # The backward runs effective_batch_size targets per pass (batch_size capped by
+    # max_batch_tokens), not batch_size: bounding with batch_size refused Gemma-2-2B at 512
+    # tokens for a 64-target pass that never runs (8.07 GiB vs the 6.0 GiB the exact
+    # preflight then estimates).
     est = estimate_memory(n_tokens, len(rm.units), per_token, config.max_logits, d_model=model.d_model,
-                          edges_per_target=config.edges_per_target, batch_size=config.batch_size,
+                          edges_per_target=config.edges_per_target,
+                          batch_size=effective_batch_size(config, n_tokens),
                           max_feature_nodes=config.max_feature_nodes)
     try:
         est.check(config.available_memory_bytes, config.memory_fraction)

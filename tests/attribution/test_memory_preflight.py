@@ -120,3 +120,30 @@ def test_estimate_grows_with_its_knobs(tiny_models):
     small = estimate_exact_memory(rm, 32, GraphConfig(batch_size=64, max_batch_tokens=32 * 8))
     assert small.batch_size == 8 and small.batch_bytes < base.batch_bytes
     assert base.n_features == 0 and base.clean_bytes > 0
+
+
+def test_model_free_bound_uses_the_effective_batch(tiny_models):
+    """The bound checked before the clean forward sizes the backward with the targets a pass
+    really holds (batch_size capped by max_batch_tokens): memory between the two bounds is
+    enough with the cap and refused without it."""
+    from attribution.attribute.build import _check_memory
+    from attribution.graph.errors import GraphMemoryError
+    from attribution.graph.memory import estimate_memory
+    from attribution.replacement import ReplacementModel
+    from attribution.testing_dicts import random_transcoders
+
+    model = tiny_models["llama"]
+    rm = ReplacementModel(model, random_transcoders(model, 64))
+    n = 64
+
+    def bound(batch):
+        return estimate_memory(n, len(rm.units), 0.0, 10, d_model=model.d_model, edges_per_target=1024,
+                               batch_size=batch, max_feature_nodes=7500).total_bytes
+
+    capped, full = bound(4), bound(64)  # max_batch_tokens 256 / 64 tokens = 4 targets per pass
+    assert capped < full
+    avail = int((capped + full) / 2 / 0.8)
+    kw = dict(batch_size=64, edges_per_target=1024, max_feature_nodes=7500, available_memory_bytes=avail)
+    _check_memory(model, rm, n, 0.0, GraphConfig(max_batch_tokens=256, **kw))
+    with pytest.raises(GraphMemoryError, match="needs about"):
+        _check_memory(model, rm, n, 0.0, GraphConfig(**kw))
