@@ -19,10 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["gpt2-small", "qwen3-0.6b", "llama-3.2-1b", "llama-3.2-1b-4bit", "gemma-2-2b"]
+ORDER = ["gpt2-small", "qwen3-0.6b", "llama-3.2-1b", "llama-3.2-1b-4bit", "gemma-2-2b", "mid-d512"]
 LABEL = {"gpt2-small": "GPT-2 small (fp32)", "qwen3-0.6b": "Qwen3-0.6B (bf16)",
          "llama-3.2-1b": "Llama-3.2-1B (bf16)", "llama-3.2-1b-4bit": "Llama-3.2-1B (4-bit)",
-         "gemma-2-2b": "Gemma-2-2B (bf16)"}
+         "gemma-2-2b": "Gemma-2-2B (bf16)", "mid-d512": "d=512, 8 layers (fp32; width 4,096)"}
 
 
 def latest(path: Path) -> dict:
