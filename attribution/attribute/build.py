@@ -121,7 +121,8 @@ def _check_memory(model, rm, n_tokens: int, per_token: float, config: GraphConfi
     except GraphMemoryError as exc:
         raise GraphMemoryError(
             f"{exc}. Knobs: GraphConfig(edges_per_target={config.edges_per_target}, "
-            f"batch_size={config.batch_size}, max_feature_nodes={config.max_feature_nodes}, "
+            f"batch_size={config.batch_size}, max_batch_tokens={config.max_batch_tokens}, "
+            f"max_feature_nodes={config.max_feature_nodes}, "
             f"feature_threshold={config.feature_threshold}) or a shorter prompt "
             f"({n_tokens} tokens, ~{per_token:.1f} active features per token and layer)") from None
 
