@@ -217,7 +217,10 @@ def test_cli_serves_until_ctrl_c(tmp_path):
     before = _snapshot(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "circuits.cli", "serve", "--run", str(tmp_path / "run")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
+                            cwd=Path(__file__).resolve().parents[2],
+                            # A shell's background jobs (CI) inherit SIGINT ignored, and Python then
+                            # installs no KeyboardInterrupt handler: start the child as a terminal would.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
