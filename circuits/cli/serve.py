@@ -4,11 +4,16 @@ Algorithm:
   1. ``--export GRAPH_DIR --out FILE.html``: load the graph, prune it with
      ``--node-threshold``/``--edge-threshold``, write one self-contained HTML page of at
      most ``--limit`` nodes (``circuits.explore.export``) atomically, print its path, stop.
+     A component circuit (``component_circuit.json`` or its folder) is exported the same
+     way, unpruned (it is already a selection).
   2. Otherwise check ``--run`` (a directory), bind ``circuits.explore.server`` to
      ``--host`` (127.0.0.1) and ``--port`` (0: any free port), print the URL (also with
      ``--quiet``: it is the command's whole output) and serve until Ctrl-C or SIGTERM,
      then shut the server down and exit 0. The server writes nothing but the subgraphs
-     a user asks to save (into ``RUN/explore/``).
+     a user asks to save (into ``RUN/explore/``). The page has three views: the graph
+     (``/``: feature-level graphs and component circuits of the run, found by folder
+     scan and by its ``run.json`` manifests), the feature browser and the steering
+     playground.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def add_parser(sub, name: str) -> None:
                    help="address to bind (default 127.0.0.1: this machine only; the API has no authentication)")
     p.add_argument("--port", type=_port, default=0, help="TCP port (default 0: any free port; the URL is printed)")
     p.add_argument("--export", type=Path, default=None, metavar="GRAPH_DIR",
-                   help="write one offline HTML page of this graph (pruned) to --out instead of serving")
+                   help="write one offline HTML page of this graph (pruned) or component circuit to --out instead of serving")
     p.add_argument("--out", type=Path, default=None, help="with --export: the .html file to write")
     p.add_argument("--node-threshold", type=_threshold, default=0.8, help="with --export: node threshold (0, 1]")
     p.add_argument("--edge-threshold", type=_threshold, default=0.98, help="with --export: edge threshold (0, 1]")
@@ -71,7 +76,17 @@ def _export(args) -> int:
     if not 1 <= args.limit <= MAX_LIMIT:
         raise CLIError(f"--limit must lie in [1, {MAX_LIMIT}], got {args.limit}")
     out = check_report_out(args.out, args.overwrite)
-    graph = Graph.load(args.export)
+    from viz.components import is_component_circuit, load_component_circuit
+
+    if is_component_circuit(args.export):
+        from circuits.explore.api import ComponentCircuit, ExploreError
+
+        try:
+            graph = ComponentCircuit(load_component_circuit(args.export))
+        except ExploreError as exc:
+            raise CLIError(f"--export {args.export}: {exc}") from None
+    else:
+        graph = Graph.load(args.export)
     html = export_html(graph, Path(args.export).name, args.node_threshold, args.edge_threshold, args.limit)
     atomic_write_with(out, lambda f: f.write(html.encode("utf-8")))
     emit(args, {"export": str(out)}, [f"wrote {out}"])

@@ -6,11 +6,17 @@ Algorithm:
      ``config.port`` (0: any free port; ``server.url`` says which). Nothing is printed
      and nothing is written at start.
   2. Graphs are found by walking the run directory (symbolic links are not followed,
-     hidden and ``explore/`` folders skipped, ``config.max_depth`` levels deep) for
-     folders holding ``graph.json`` + ``graph.safetensors``; a graph is named by its
-     path relative to the run (``graph``, ``circuit/graph``). A graph is loaded on its
-     first request and kept in an LRU cache of ``config.cache_graphs`` graphs, with its
-     CSC copy and its recent pruning results.
+     hidden, ``dictionaries/`` and ``dashboards/`` folders skipped, ``config.max_depth``
+     levels deep) for folders holding ``graph.json`` + ``graph.safetensors`` (feature
+     level) and for ``component_circuit.json`` files (component level, written by
+     ``circuits validate``), and from the artifacts named by the run's ``run.json``
+     manifests (``circuits.pipeline.manifest``), which also say which command wrote
+     each one. Saved subgraphs (``explore/NAME``) are graphs too. A graph is named by
+     its path relative to the run (``graph``, ``circuit/graph``,
+     ``val/component_circuit.json``). It is loaded on its first request and kept in an
+     LRU cache of ``config.cache_graphs`` graphs, with what every request reuses: the
+     key column, the CSC copy, the threshold-free node influence (computed at load),
+     and its recent pruning results per (thresholds) key.
   3. Every user path is checked before any file access: no NUL, no absolute path, no
      ``..`` component, and its ``realpath`` must stay inside the run (a symbolic link
      pointing out is refused). Graph paths must also be among the graphs found.
@@ -18,9 +24,13 @@ Algorithm:
      own ``static/`` folder, by exact name); ``/api/graphs``; ``/api/graph?path=``;
      ``/api/pruned?path=&node_threshold=&edge_threshold=&limit=&offset=``;
      ``/api/node?path=&id=&k=``; POST ``/api/save?path=`` with
-     ``{"nodes": [...], "name": "..."}`` (writes ``RUN/explore/NAME.json`` and
-     ``NAME.svg``, atomically: the only files the server ever writes); ``/run/REL``
-     (files under the run's ``dashboards/`` and ``explore/`` folders only).
+     ``{"nodes": [...], "name": "...", "supernodes": [[label, id, ...], ...]}``
+     (writes ``RUN/explore/NAME/`` (the subgraph, reopenable), ``NAME.json``
+     (Neuronpedia) and ``NAME.svg`` / ``NAME.pdf``, atomically: the only files the
+     server ever writes); ``/run/REL`` (files under the run's ``dashboards/`` and
+     ``explore/`` folders only); and the feature browser's and steering playground's
+     routes of ``circuits.explore.feature_routes`` (``ROUTES``), merged in by
+     ``make_server``.
   5. Errors are JSON ``{"error": "..."}`` with a 4xx status: bad parameters 400, path
      escapes 403, unknown graph/node/route 404, wrong method 405, bodies over
      ``config.max_body`` 413. An unexpected failure is a 500 with a one-line message,
@@ -87,7 +97,7 @@ class ServeConfig:
     default_limit: int = 500
     """Nodes per pruned-view page when a request names none."""
     svg: bool = True
-    """Render an SVG beside each saved subgraph's JSON (needs Graphviz)."""
+    """Render an SVG and a PDF beside each saved subgraph's JSON (needs Graphviz)."""
 
 
 # ---------------------------------------------------------------- paths ----
@@ -107,25 +117,111 @@ def safe_relpath(root: Path, rel: str) -> Path:
     return full
 
 
-def find_graphs(root: Path, max_depth: int = 4) -> list[str]:
-    """Relative paths (posix) of the folders under ``root`` holding a saved Graph (step 2)."""
-    found = []
+def _walk(root: Path, max_depth: int):
+    """(folder, file names) under ``root``, not following links, skipping hidden folders
+    and the bulky ``dictionaries/`` / ``dashboards/`` trees."""
+    from circuits.pipeline.manifest import SKIP_DIRS
+
     root_depth = len(root.parts)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != EXPLORE_DIR
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS
                              and len(here.parts) - root_depth < max_depth)
-        if "graph.json" in filenames and "graph.safetensors" in filenames:
-            found.append(here.relative_to(root).as_posix())
-    return sorted(found)
+        yield here, filenames
+
+
+def _is_graph_dir(d: Path) -> bool:
+    return (d / "graph.json").is_file() and (d / "graph.safetensors").is_file()
+
+
+def _is_component_file(f: Path) -> bool:
+    from viz.components import FILENAME
+
+    return f.name == FILENAME and f.is_file() and not f.is_symlink()
+
+
+def find_entries(root: Path, max_depth: int = 4) -> list[dict]:
+    """Step 2: every graph of the run as ``{"path", "level", "command"}``, sorted by path.
+    ``level`` is ``feature`` (a Graph folder) or ``component`` (a component circuit file);
+    ``command`` is the subcommand whose manifest lists it (None when none does)."""
+    from circuits.pipeline.manifest import ManifestError, find_manifests, parse_manifest
+    from viz.components import FILENAME
+
+    found: dict[str, dict] = {}
+
+    def add(full: Path, level: str, command=None) -> None:
+        try:
+            if os.path.islink(full):
+                return
+            rel = safe_relpath(root, full.relative_to(root).as_posix() if full != root else ".")
+        except (ExploreError, ValueError):
+            return  # outside the run (a manifest artifact pointing out): not served
+        name = rel.relative_to(root).as_posix()
+        if name in found:
+            found[name]["command"] = found[name]["command"] or command
+        else:
+            found[name] = {"path": name, "level": level, "command": command}
+
+    for here, files in _walk(root, max_depth):
+        if "graph.json" in files and "graph.safetensors" in files:
+            add(here, "feature")
+        if FILENAME in files and _is_component_file(here / FILENAME):
+            add(here / FILENAME, "component")
+    try:
+        manifests = find_manifests(root, max_depth)
+    except ManifestError:
+        manifests = []  # a tree too broad to be a run: the folder scan above stands
+    for mpath in manifests:
+        try:
+            m = parse_manifest(mpath)
+        except ManifestError:
+            continue  # a corrupt manifest: its folder's graphs were still found by name
+        for art in m.artifacts.values():
+            p = Path(art)
+            if p.is_dir() and _is_graph_dir(p):
+                add(p, "feature", m.command)
+            elif p.is_dir() and _is_component_file(p / FILENAME):
+                add(p / FILENAME, "component", m.command)
+            elif _is_component_file(p):
+                add(p, "component", m.command)
+    return [found[k] for k in sorted(found)]
+
+
+def find_graphs(root: Path, max_depth: int = 4) -> list[str]:
+    """Relative paths (posix) of every graph under ``root`` (``find_entries``' paths)."""
+    return [e["path"] for e in find_entries(root, max_depth)]
 
 
 # ---------------------------------------------------------------- state ----
 @dataclass
 class _Entry:
     graph: object
+    """An ``attribution.graph.Graph`` or an ``api.ComponentCircuit``."""
     csc: object = None
+    keys: object = None
+    influence: object = None
     prunes: OrderedDict = field(default_factory=OrderedDict)
+
+    @property
+    def component(self) -> bool:
+        return isinstance(self.graph, api.ComponentCircuit)
+
+
+def _load_entry(full: Path) -> _Entry:
+    """Load one graph and precompute what every request reuses (step 2)."""
+    if full.suffix == ".json":
+        from viz.components import load_component_circuit
+
+        return _Entry(api.ComponentCircuit(load_component_circuit(full)))
+    from attribution.graph import Graph
+
+    g = Graph.load(full)
+    e = _Entry(g, csc=g.adjacency.tocsc(), keys=g.nodes["key"].to_numpy(dtype=object))
+    try:
+        e.influence = api.node_influence(g)
+    except ValueError:  # no logits / a cycle: pruning requests answer 422 then
+        e.influence = None
+    return e
 
 
 class ExploreState:
@@ -140,8 +236,11 @@ class ExploreState:
         self._graphs: OrderedDict[str, _Entry] = OrderedDict()
         self._load_locks: dict[str, threading.Lock] = {}
 
+    def entries(self) -> list[dict]:
+        return find_entries(self.root, self.config.max_depth)
+
     def graphs(self) -> list[str]:
-        return find_graphs(self.root, self.config.max_depth)
+        return [e["path"] for e in self.entries()]
 
     def entry(self, rel: str | None) -> tuple[str, _Entry]:
         """The cached entry of graph ``rel`` (loaded on first use)."""
@@ -160,10 +259,10 @@ class ExploreState:
             with self._lock:
                 if name in self._graphs:
                     return name, self._graphs[name]
-            from attribution.graph import Graph
-
             try:
-                e = _Entry(Graph.load(full))
+                e = _load_entry(full)
+            except ExploreError:
+                raise
             except Exception as exc:
                 raise ExploreError(422, f"graph {name} could not be read: {str(exc).splitlines()[0][:300]}") from None
             with self._lock:
@@ -172,22 +271,27 @@ class ExploreState:
                     self._graphs.popitem(last=False)
             return name, e
 
+    def forget(self, name: str) -> None:
+        """Drop a cached graph (a save just rewrote it)."""
+        with self._lock:
+            self._graphs.pop(name, None)
+
     def csc(self, e: _Entry):
         with self._lock:
             if e.csc is None:
                 e.csc = e.graph.adjacency.tocsc()
             return e.csc
 
-    def prune(self, e: _Entry, nt: float, et: float):
-        from circuits.prune import prune
-
+    def prune(self, e: _Entry, nt: float, et: float) -> api.PruneMasks:
         key = (nt, et)
         with self._lock:
             if key in e.prunes:
                 e.prunes.move_to_end(key)
                 return e.prunes[key]
+        if e.influence is None:
+            raise ExploreError(422, "cannot prune this graph (no logit nodes, or its adjacency has a cycle)")
         try:
-            res = prune(e.graph, nt, et)
+            res = api.prune_masks(e.graph, nt, et, influence=e.influence)
         except ValueError as exc:  # PruneError: a graph this pruning cannot handle (e.g. no logits)
             raise ExploreError(422, f"cannot prune this graph: {str(exc).splitlines()[0][:300]}") from None
         with self._lock:
@@ -333,13 +437,14 @@ def _run_file(h: _Handler, route, q) -> None:
 
 def _graphs(h: _Handler, route, q) -> None:
     st = h.server.state
-    h._json(200, {"run": st.root.name, "graphs": st.graphs(),
+    entries = st.entries()
+    h._json(200, {"run": st.root.name, "graphs": [e["path"] for e in entries], "entries": entries,
                   "dashboards": (st.root / "dashboards").is_dir()})
 
 
 def _graph(h: _Handler, route, q) -> None:
     name, e = h.server.state.entry(q.get("path"))
-    h._json(200, api.summary(e.graph, name))
+    h._json(200, e.graph.summary(name) if e.component else api.summary(e.graph, name))
 
 
 def _pruned(h: _Handler, route, q) -> None:
@@ -349,9 +454,17 @@ def _pruned(h: _Handler, route, q) -> None:
     et = api.parse_threshold("edge_threshold", q.get("edge_threshold"), cfg.default_edge_threshold)
     limit = api.parse_int("limit", q.get("limit"), cfg.default_limit, 1, api.MAX_LIMIT)
     offset = api.parse_int("offset", q.get("offset"), 0, 0, 10 ** 9)
+    max_edges = api.parse_int("max_edges", q.get("max_edges"), api.DEFAULT_PAGE_EDGES, 1, api.MAX_PAGE_EDGES)
     name, e = st.entry(q.get("path"))
-    res = st.prune(e, nt, et)
-    out = api.pruned_view(e.graph, nt, et, limit, offset, result=res)
+    if e.component:
+        out = e.graph.view(limit, offset, max_edges)
+    elif api.is_selection(e.graph):  # a saved subgraph / no logits: shown whole, never pruned
+        res = api.whole_masks(e.graph, e.influence)
+        out = api.pruned_view(e.graph, 1.0, 1.0, limit, offset, result=res, max_edges=max_edges, keys=e.keys)
+        out.update(thresholds_apply=False, node_threshold=None, edge_threshold=None)
+    else:
+        res = st.prune(e, nt, et)
+        out = api.pruned_view(e.graph, nt, et, limit, offset, result=res, max_edges=max_edges, keys=e.keys)
     out["path"] = name
     h._json(200, out)
 
@@ -362,6 +475,9 @@ def _node(h: _Handler, route, q) -> None:
     name, e = st.entry(q.get("path"))
     if q.get("id") is None:
         raise ExploreError(400, "missing ?id= (a node key such as feat:1:3:42)")
+    if e.component:
+        h._json(200, e.graph.detail(q["id"], k))
+        return
     d = api.node_detail(e.graph, q["id"], k, csc=st.csc(e), run_root=st.root)
     if d["dashboard"]:
         d["dashboard"] = "/run/" + d["dashboard"]
@@ -373,7 +489,10 @@ def _save(h: _Handler, route, q) -> None:
     body = h._body()
     name, e = st.entry(q.get("path"))
     out_dir = safe_relpath(st.root, EXPLORE_DIR)  # refuses an explore/ symlink pointing out
-    d = api.save_subgraph(e.graph, body, out_dir, svg=st.config.svg)
+    d = api.save_subgraph(e.graph, body, out_dir, svg=st.config.svg, source=name)
+    st.forget(f"{EXPLORE_DIR}/{d['name']}")
+    st.forget(f"{EXPLORE_DIR}/{d['name']}/component_circuit.json")
+    d["path"] = f"{EXPLORE_DIR}/{d['name']}" + ("/component_circuit.json" if e.component else "")
     d["files"] = {k: f"/run/{EXPLORE_DIR}/{v}" for k, v in d["files"].items()}
     h._json(200, d)
 
@@ -381,6 +500,15 @@ def _save(h: _Handler, route, q) -> None:
 _ROUTES = {("GET", "/"): _index, ("GET", "/index.html"): _index, ("GET", "/api/graphs"): _graphs,
            ("GET", "/api/graph"): _graph, ("GET", "/api/pruned"): _pruned, ("GET", "/api/node"): _node,
            ("POST", "/api/save"): _save}
+
+
+def _merge_feature_routes() -> None:
+    """Add the feature browser's and steering playground's routes; the graph routes keep
+    their handlers. Imported here, not at module load: no work at import."""
+    from circuits.explore.feature_routes import ROUTES as _FEATURE_ROUTES
+
+    for key, handler in _FEATURE_ROUTES.items():
+        _ROUTES.setdefault(key, handler)
 
 
 class ExploreServer(ThreadingHTTPServer):
@@ -405,9 +533,10 @@ class ExploreServer(ThreadingHTTPServer):
 
 def make_server(run, config: ServeConfig | None = None) -> ExploreServer:
     """Step 1: a bound (not yet serving) explorer of run directory ``run``."""
+    _merge_feature_routes()
     config = config or ServeConfig()
     return ExploreServer(ExploreState(Path(run), config), config)
 
 
-__all__ = ["EXPLORE_DIR", "STATIC_DIR", "ExploreServer", "ExploreState", "ServeConfig", "find_graphs",
+__all__ = ["EXPLORE_DIR", "STATIC_DIR", "ExploreServer", "ExploreState", "ServeConfig", "find_entries", "find_graphs",
            "make_server", "safe_relpath"]

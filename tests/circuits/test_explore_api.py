@@ -1,7 +1,9 @@
 """The explorer's JSON API (``circuits.explore.api``) on a seeded layered graph, without
 HTTP: the pruned view is ``circuits.prune.prune``'s circuit, pages are disjoint and
 cover it, node details match the adjacency, saved subgraphs reload with exactly the
-pinned nodes, and bad parameters are 4xx ``ExploreError``s."""
+pinned nodes and their supernodes (Neuronpedia ``qParams`` shape), component circuits
+give the same shapes checked against a hand-worked record, and bad parameters are 4xx
+``ExploreError``s."""
 
 from __future__ import annotations
 
@@ -122,18 +124,139 @@ def test_dashboard_link(graph, tmp_path):
 def test_save_subgraph_reloads(graph, tmp_path):
     keys = graph.nodes["key"].tolist()
     pinned = [keys[0], keys[10], keys[20], "logit:6:2001"]
-    d = api.save_subgraph(graph, {"nodes": pinned, "name": "pinned"}, tmp_path / "explore")
+    d = api.save_subgraph(graph, {"nodes": pinned, "name": "pinned"}, tmp_path / "explore", source="graph")
     np_json = json.loads((tmp_path / "explore" / "pinned.json").read_text())
     from attribution.graph.neuronpedia import neuronpedia_id, validate_neuronpedia
 
     validate_neuronpedia(np_json)
     want = {neuronpedia_id(graph.keys[graph.index(k)], graph.n_layers) for k in pinned}
     assert {n["node_id"] for n in np_json["nodes"]} == want and d["n_nodes"] == 4
+    assert set(np_json["qParams"]["pinnedIds"]) == want and np_json["qParams"]["supernodes"] == []
     sub = graph.subgraph(pinned)
     assert len(np_json["links"]) == sub.n_edges
-    if d["note"] is None:  # Graphviz present: the SVG is there too
+    if d["note"] is None:  # Graphviz present: the SVG and the PDF are there too
         assert (tmp_path / "explore" / "pinned.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
-    assert sorted(p.name for p in (tmp_path / "explore").iterdir()) == sorted(d["files"].values())
+        assert (tmp_path / "explore" / "pinned.pdf").read_bytes().startswith(b"%PDF")
+        assert set(d["files"]) == {"neuronpedia", "svg", "pdf"}
+    assert sorted(p.name for p in (tmp_path / "explore").iterdir()) == sorted([*d["files"].values(), "pinned"])
+    # The saved subgraph is itself a graph: same nodes, same edges among them.
+    back = Graph.load(tmp_path / "explore" / "pinned")
+    assert set(back.nodes["key"]) == set(pinned) and back.n_edges == sub.n_edges
+    assert back.metadata["explore"]["source"] == "graph"
+    assert not list((tmp_path / "explore").rglob(".*"))  # no temporary file left behind
+
+
+def test_supernodes_saved_as_neuronpedia_does(graph, tmp_path):
+    feats = graph.nodes.loc[graph.nodes["type"] == "feature", "key"].tolist()
+    pinned = feats[:5] + ["logit:6:2001"]
+    groups = [["name mover", feats[0], feats[1]], ["inhibition", feats[2]]]
+    d = api.save_subgraph(graph, {"nodes": pinned, "name": "grouped", "supernodes": groups}, tmp_path)
+    assert d["supernodes"] == groups
+    np_json = json.loads((tmp_path / "grouped.json").read_text())
+    # Neuronpedia's qParams.supernodes: [label, node_id, ...] in Neuronpedia node ids
+    # (``{layer}_{feature}_{pos}`` for features), spelled out here by hand.
+    def np_id(key):
+        _, layer, pos, feat = key.split(":")
+        return f"{layer}_{feat}_{pos}"
+
+    assert np_json["qParams"]["supernodes"] == [["name mover", np_id(feats[0]), np_id(feats[1])],
+                                                 ["inhibition", np_id(feats[2])]]
+    back = Graph.load(tmp_path / "grouped")
+    assert api.summary(back, "explore/grouped")["supernodes"] == groups
+    if d["note"] is None:  # each supernode is one drawn node of the figure
+        svg = (tmp_path / "grouped.svg").read_text()
+        assert "name mover" in svg and "inhibition" in svg
+
+
+@pytest.mark.parametrize("groups", [
+    [["a", "feat:9:9:9"]],                   # not a pinned node
+    [["a"]],                                 # no member
+    [["a", "X"], ["a", "Y"]],                # duplicate label (X/Y replaced below)
+    [["a", "X"], ["b", "X"]],                # a node in two supernodes
+    [["", "X"]], "nope", [[1, "X"]],
+])
+def test_bad_supernodes(graph, tmp_path, groups):
+    feats = graph.nodes.loc[graph.nodes["type"] == "feature", "key"].tolist()
+    if isinstance(groups, list):
+        groups = [[x.replace("X", feats[0]).replace("Y", feats[1]) if isinstance(x, str) and x in "XY" and x
+                   else x for x in g] if isinstance(g, list) else g for g in groups]
+    with pytest.raises(ExploreError) as e:
+        api.save_subgraph(graph, {"nodes": feats[:3], "name": "s", "supernodes": groups}, tmp_path / "explore")
+    assert e.value.status == 400
+    assert not (tmp_path / "explore").exists()
+
+
+@pytest.mark.parametrize("nt,et", [(0.8, 0.98), (0.5, 0.7), (1.0, 1.0), (0.3, 0.99)])
+def test_prune_masks_equal_library_prune(nt, et):
+    """The explorer's cached-influence pruning keeps exactly ``prune``'s nodes and edges."""
+    g = make_graph(n_layers=4, per_layer=40, seed=3, fan_in=10)
+    ref = prune(g, nt, et)
+    m = api.prune_masks(g, nt, et, influence=api.node_influence(g))
+    assert np.array_equal(m.node_mask, ref.node_mask) and np.allclose(m.node_influence, ref.node_influence)
+    kept = np.flatnonzero(ref.node_mask)
+    ps, pt, pw = ref.graph.edge_arrays()
+    # Same edges, same weights, same (CSR) order.
+    assert np.array_equal(m.edge_src, kept[ps]) and np.array_equal(m.edge_tgt, kept[pt])
+    assert np.array_equal(m.edge_weight, pw) and m.n_edges == ref.graph.n_edges
+
+
+def test_page_edge_cap_keeps_the_heaviest(graph):
+    full = api.pruned_view(graph, 1.0, 1.0, limit=10 ** 6)
+    capped = api.pruned_view(graph, 1.0, 1.0, limit=10 ** 6, max_edges=5)
+    assert full["page_edges"] == len(full["edges"]) == capped["page_edges"] > 5 and not full["edges_truncated"]
+    assert capped["edges_truncated"] and len(capped["edges"]) == 5
+    heaviest = sorted((abs(e["weight"]) for e in full["edges"]), reverse=True)[:5]
+    assert sorted((abs(e["weight"]) for e in capped["edges"]), reverse=True) == heaviest
+
+
+COMPONENT = {
+    "schema": "mlx-circuits/component-circuit", "version": 1, "model": "tiny", "task": "ioi",
+    "metric": "logit_diff", "method": "eap", "ablation": "mean", "level": "edge",
+    "nodes": [{"name": "embed", "score": None}, {"name": "L0.H1", "score": None},
+              {"name": "L0H3", "score": None}, {"name": "L1.mlp", "score": None}, {"name": "logits", "score": None}],
+    "edges": [{"source": "embed", "target": "L0.H1", "port": "q", "score": 0.5},
+              {"source": "L0.H1", "target": "L1.MLP", "port": None, "score": -2.0},
+              {"source": "L0.H3", "target": "L1.MLP", "port": None, "score": 0.25},
+              {"source": "L1.MLP", "target": "logits", "port": None, "score": 1.5}],
+}
+
+
+def test_component_circuit_shapes(tmp_path):
+    c = api.ComponentCircuit(COMPONENT)
+    s = c.summary("val/component_circuit.json")
+    assert s["level"] == "component" and s["n_nodes"] == 5 and s["n_edges"] == 4 and s["n_layers"] == 2
+    assert s["tokens"] == ["H0", "H1", "H2", "H3", "MLP"] and s["types"] == {"embed": 1, "head": 2, "mlp": 1, "logits": 1}
+    v = c.view(limit=3)
+    # Unscored nodes rank by the summed |score| of their edges (worked by hand):
+    # L1.MLP 2+0.25+1.5=3.75, L0.H1 0.5+2=2.5, logits 1.5, embed 0.5, L0.H3 0.25.
+    assert [n["id"] for n in v["nodes"]] == ["L1.MLP", "L0.H1", "logits"] and v["next_offset"] == 3
+    assert {(e["source"], e["target"], e["weight"]) for e in v["edges"]} == {("L0.H1", "L1.MLP", -2.0),
+                                                                             ("L1.MLP", "logits", 1.5)}
+    rows = {n["id"]: (n["row"], n["pos"], n["type"]) for n in api.ComponentCircuit(COMPONENT).view()["nodes"]}
+    assert rows == {"embed": (0, 0, "embed"), "L0.H1": (1, 1, "head"), "L0.H3": (1, 3, "head"),
+                    "L1.MLP": (4, 4, "mlp"), "logits": (5, 0, "logits")}
+    d = c.detail("L1.MLP", k=1)
+    assert d["n_incoming"] == 2 and d["incoming"] == [{"source": "L0.H1", "weight": -2.0, "port": None}]
+    assert d["outgoing"] == [{"target": "logits", "weight": 1.5, "port": None}]
+    with pytest.raises(ExploreError) as e:
+        c.detail("L9.H9")
+    assert e.value.status == 404
+    out = api.save_subgraph(c, {"nodes": ["L0.H1", "L1.MLP", "logits"], "name": "sub",
+                                "supernodes": [["mover", "L0.H1"]]}, tmp_path, source="val/component_circuit.json")
+    from viz.components import load_component_circuit
+
+    back = api.ComponentCircuit(load_component_circuit(tmp_path / "sub"))
+    assert back.names == ["L0.H1", "L1.MLP", "logits"] and len(back.edges) == 2
+    assert back.summary()["supernodes"] == [["mover", "L0.H1"]] and out["n_edges"] == 2
+    if out["note"] is None:
+        assert (tmp_path / "sub.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_component_circuit_bad_record():
+    for bad in ({}, {"nodes": [{"name": "L0.Q7"}], "edges": []}, {"nodes": [], "edges": [{"source": "x"}]}):
+        with pytest.raises(ExploreError) as e:
+            api.ComponentCircuit(bad)
+        assert e.value.status == 422
 
 
 @pytest.mark.parametrize("text", ["abc", "nan", "NaN", "inf", "-0.1", "0", "1.5", "1e9", "0x1"])
@@ -166,3 +289,22 @@ def test_bad_save_requests(graph, body, tmp_path):
         api.save_subgraph(graph, body, tmp_path / "explore")
     assert 400 <= e.value.status < 500
     assert not (tmp_path / "explore").exists()
+
+
+def test_prune_masks_equal_library_prune_synthetic_scale():
+    """The same equality on the scale benchmark's kind of graph (heavy-tailed, 100k edges)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from explorer_scale import synthetic_graph
+
+    g = synthetic_graph(3000, 100_000, n_layers=6, n_pos=10, seed=1)
+    infl = api.node_influence(g)
+    for nt, et in ((0.8, 0.98), (0.6, 0.9), (0.95, 0.995)):
+        ref = prune(g, nt, et)
+        m = api.prune_masks(g, nt, et, influence=infl)
+        kept = np.flatnonzero(ref.node_mask)
+        ps, pt, _ = ref.graph.edge_arrays()
+        assert np.array_equal(m.node_mask, ref.node_mask)
+        assert np.array_equal(m.edge_src, kept[ps]) and np.array_equal(m.edge_tgt, kept[pt])

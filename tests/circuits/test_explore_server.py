@@ -35,6 +35,14 @@ def served(tmp_path_factory):
     (base / "secret.txt").write_text("outside the run")
     make_graph(seed=2).save(base / "outside_graph")
     (run / "escape").symlink_to(base)  # a symbolic link inside the run pointing out
+    # A component circuit named by the manifest of the command that wrote it.
+    from test_explore_api import COMPONENT
+    from circuits.pipeline.manifest import manifest_record, write_manifest
+
+    (run / "val").mkdir()
+    (run / "val" / "component_circuit.json").write_text(json.dumps(COMPONENT))
+    write_manifest(run / "val", manifest_record("validate", ["validate", "--level", "component"], {},
+                                                {"component_circuit": "component_circuit.json"}))
     (run / "dashboards").mkdir()
     (run / "dashboards" / "index.html").write_text("<html>dash</html>")
     os.symlink(base / "secret.txt", run / "dashboards" / "leak.html")
@@ -72,7 +80,11 @@ def test_binds_loopback_and_any_port(served):
 def test_api_200s(served):
     server, run, g = served[:3]
     st, d = get_json(server, "/api/graphs")
-    assert st == 200 and d["graphs"] == ["circuit/graph", "graph"] and d["dashboards"] is True
+    assert st == 200 and d["graphs"] == ["circuit/graph", "graph", "val/component_circuit.json"]
+    assert d["dashboards"] is True
+    assert d["entries"] == [{"path": "circuit/graph", "level": "feature", "command": None},
+                            {"path": "graph", "level": "feature", "command": None},
+                            {"path": "val/component_circuit.json", "level": "component", "command": "validate"}]
     st, d = get_json(server, "/api/graph?path=graph")
     assert st == 200 and d["n_nodes"] == g.n_nodes and d["n_edges"] == g.n_edges
     st, d = get_json(server, "/api/pruned?path=graph&node_threshold=0.7&edge_threshold=0.9&limit=5")
@@ -82,6 +94,36 @@ def test_api_200s(served):
     assert st == 200 and d["node"]["id"] == node and len(d["incoming"]) <= 2
     st, d = get_json(server, "/api/graph?path=circuit/graph")
     assert st == 200
+
+
+def test_component_circuit_served(served):
+    server = served[0]
+    st, s = get_json(server, "/api/graph?path=val/component_circuit.json")
+    assert st == 200 and s["level"] == "component" and s["n_nodes"] == 5 and not s["thresholds_apply"]
+    st, v = get_json(server, "/api/pruned?path=val/component_circuit.json&limit=2")
+    assert st == 200 and [n["id"] for n in v["nodes"]] == ["L1.MLP", "L0.H1"] and v["next_offset"] == 2
+    assert v["edges"] == [{"source": "L0.H1", "target": "L1.MLP", "weight": -2.0, "port": None}]
+    st, v2 = get_json(server, "/api/pruned?path=val/component_circuit.json&limit=2&offset=2")
+    assert {n["id"] for n in v2["nodes"]} == {"logits", "embed"} and v2["prev_offset"] == 0
+    st, d = get_json(server, "/api/node?path=val/component_circuit.json&id=L1.MLP")
+    assert st == 200 and d["n_incoming"] == 2 and d["outgoing"][0]["target"] == "logits"
+    st, d = get_json(server, "/api/node?path=val/component_circuit.json&id=L7.H0")
+    assert st == 404 and set(d) == {"error"}
+
+
+def test_feature_routes_merged(served):
+    """The feature browser's and steering playground's routes (another module) are
+    dispatched by this server: none answers "unknown route"."""
+    from circuits.explore import server as srv
+    from circuits.explore.feature_routes import ROUTES
+
+    server = served[0]
+    assert ROUTES and all(srv._ROUTES[k] is v for k, v in ROUTES.items())
+    for method, route in ROUTES:
+        st, _, body = get(server, route, method=method, body=b"{}" if method == "POST" else None)
+        assert "unknown route" not in body.decode("utf-8", "replace"), (route, st)
+    st, d = get_json(server, "/api/features/nope")
+    assert st == 404 and "unknown route" in d["error"]  # the negative control
 
 
 def test_static_front_end(served):
@@ -123,7 +165,7 @@ def test_run_files_served_from_dashboards_only(served):
 @pytest.mark.parametrize("q", ["node_threshold=abc", "node_threshold=nan", "node_threshold=NaN",
                                "edge_threshold=inf", "node_threshold=-0.5", "edge_threshold=0",
                                "node_threshold=1.01", "limit=0", "limit=-3", "limit=999999", "offset=-1",
-                               "limit=1.5", "offset=x"])
+                               "limit=1.5", "offset=x", "max_edges=0", "max_edges=1e9"])
 def test_malformed_parameters(served, q):
     st, d = get_json(served[0], f"/api/pruned?path=graph&{q}")
     assert st == 400 and set(d) == {"error"} and q.split("=")[0] in d["error"], (q, d)
@@ -174,7 +216,7 @@ def test_oversized_and_bad_bodies(served):
 
 def test_save_writes_only_into_explore(served):
     server, run, g, base, before = served
-    ids = g.nodes["key"].tolist()[:6]
+    ids = g.nodes["key"].tolist()[:5] + ["logit:6:2001"]
     st, d = get_json(server, "/api/save?path=graph", method="POST",
                      body=json.dumps({"nodes": ids, "name": "mine"}).encode())
     assert st == 200 and d["n_nodes"] == 6 and d["files"] == {"neuronpedia": "/run/explore/mine.json"}
@@ -184,7 +226,16 @@ def test_save_writes_only_into_explore(served):
     assert st == 200 and json.loads(body) == saved
     after = _snapshot(base)
     changed = {p for p in after if before.get(p) != after[p]}
-    assert changed == {"run/explore/mine.json"}, changed
+    assert changed == {"run/explore/mine.json", "run/explore/mine/graph.json",
+                       "run/explore/mine/graph.safetensors"}, changed
+    # The saved subgraph reopens: it is listed, and its view holds exactly the saved nodes.
+    assert d["path"] == "explore/mine"
+    st, lst = get_json(server, "/api/graphs")
+    assert "explore/mine" in lst["graphs"]
+    st, v = get_json(server, "/api/pruned?path=explore/mine&node_threshold=1&edge_threshold=1&limit=100")
+    assert st == 200 and {n["id"] for n in v["nodes"]} == set(ids)  # tokens and logits are always kept
+    st, s = get_json(server, "/api/graph?path=explore/mine")
+    assert st == 200 and s["n_nodes"] == 6 and s["metadata"]["explore"]["pinned"] == ids
 
 
 def test_export_cli(tmp_path, capsys):
@@ -234,3 +285,21 @@ def test_cli_serves_until_ctrl_c(tmp_path):
             proc.kill()
             proc.wait()
     assert _snapshot(tmp_path) == before  # serving wrote nothing
+
+
+def test_export_component_circuit(tmp_path):
+    """``circuits serve --export`` of a component circuit: every node's detail travels."""
+    from circuits.cli import main
+    from test_explore_api import COMPONENT
+
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "component_circuit.json").write_text(json.dumps(COMPONENT))
+    out = tmp_path / "page.html"
+    assert main(["--quiet", "serve", "--export", str(tmp_path / "val"), "--out", str(out)]) == 0
+    data = json.loads(out.read_text().split('id="explore-data">', 1)[1].split("</script>", 1)[0])
+    assert data["summary"]["level"] == "component" and len(data["view"]["nodes"]) == 5
+    assert data["details"]["L1.MLP"]["n_incoming"] == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "component_circuit.json").write_text(json.dumps({"nodes": [{"name": "L0.Q"}], "edges": []}))
+    assert main(["--quiet", "serve", "--export", str(tmp_path / "bad"), "--out", str(tmp_path / "b.html")]) == 1
+    assert not (tmp_path / "b.html").exists()
