@@ -4,6 +4,8 @@ Public API:
   1. Architectures: ``Dictionary`` (base) and ``ReLUDictionary``, ``TopKDictionary``,
      ``BatchTopKDictionary``, ``JumpReLUDictionary``, ``GatedDictionary``,
      ``MatryoshkaDictionary``, ``CrossLayerTranscoder``; ``architecture(name)``.
+     Parts: ``ComposedDictionary`` built from a ``Recipe`` of registered parts
+     (``sae.parts``; named recipes in ``RECIPES``, new parts with ``register``).
   2. Training: ``TrainConfig``, ``train(source, configs, ...) -> TrainResult``.
   3. Data: ``ArraySource``, ``StreamSource``, ``ActivationCache``/``write_cache``, ``harvest``.
   4. Evaluation: ``evaluate(dicts, source) -> pandas.DataFrame``.
@@ -22,6 +24,7 @@ from sae.arch import (  # noqa: E402
 )
 from sae.data import ActivationCache, ArraySource, StreamSource, harvest_source, write_cache  # noqa: E402
 from sae.dictionary import Dictionary  # noqa: E402
+from sae.parts import RECIPES, ComposedDictionary, Recipe  # noqa: E402
 from sae.errors import (  # noqa: E402
     CacheMismatchError, ConfigError, EmptyDatasetError, FormatError, NonFiniteError, SAEError,
     ShapeMismatchError, UnknownArchitectureError,
@@ -37,7 +40,7 @@ from sae.train import TrainConfig, TrainProgress, TrainResult, train, train_on_m
 
 __all__ = [
     "ARCHITECTURES", "ActivationCache", "ArraySource", "BatchTopKDictionary", "CacheMismatchError",
-    "ConfigError", "CrossLayerTranscoder", "Dictionary", "EmptyDatasetError", "FormatError",
+    "ComposedDictionary", "ConfigError", "CrossLayerTranscoder", "RECIPES", "Recipe", "Dictionary", "EmptyDatasetError", "FormatError",
     "GatedDictionary", "JumpReLUDictionary", "MatryoshkaDictionary", "NonFiniteError",
     "ReLUDictionary", "SAEError", "ShapeMismatchError", "StreamSource", "TopKDictionary",
     "TrainConfig", "TrainProgress", "TrainResult", "UnknownArchitectureError", "architecture",

@@ -9,7 +9,9 @@ activation at ``out_site`` [..., d_out]:
             + sparsity_coef * sparsity(f) + auxiliary terms (per architecture).
 Training runs on normalised activations (E||x|| = sqrt(d)); ``folded`` turns
 the weights back into raw units so every public method works on raw activations.
-Subclasses override ``activation`` / ``train_forward`` / ``sparsity`` / ``aux_loss``.
+Subclasses override ``activation`` / ``train_forward`` / ``sparsity`` / ``aux_loss`` /
+``update_stats`` / ``post_update``; ``sae.parts.ComposedDictionary`` implements them by
+delegating to interchangeable parts (a ``Recipe``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class LossContext(NamedTuple):
     """[width] bool array of latents counted dead (for AuxK / pre-act loss), or None."""
     use_aux: bool = False
     """Whether to compute the auxiliary dead-latent loss (decided on the host every N steps)."""
+    progress: Any = 0.0
+    """Training progress in [0, 1] (steps done / total; scalar array or float) for schedules
+    such as p-annealing (``sae.parts.schedules``); 0 outside training."""
 
 
 class Dictionary(nn.Module):
@@ -91,6 +96,9 @@ class Dictionary(nn.Module):
 
     def update_stats(self, stats: dict) -> None:
         """Fold per-step statistics (e.g. a threshold EMA) into frozen state, lazily."""
+
+    def post_update(self) -> None:
+        """Project the parameters after each optimiser step (e.g. unit-norm decoder rows)."""
 
     # ---- the protocol -----------------------------------------------------------
     def pre_acts(self, x: mx.array) -> mx.array:

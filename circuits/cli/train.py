@@ -45,7 +45,7 @@ from circuits.cli._common import (
 from circuits.cli._out import emit
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
-KINDS = ["sae", "transcoder", "skip_transcoder", "clt"]
+KINDS = ["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
 
 
 def add_parser(sub, name: str) -> None:

@@ -269,12 +269,13 @@ def open_store(path, model, cfg=None, buffer_tokens: int = BUFFER_TOKENS):
 
 
 def store_sites(manifest: dict, kind: str, target_kind: str = "mlp_out") -> str:
-    """Default ``--sites`` for training ``kind`` on a store: every site for an SAE; for
-    transcoders and CLTs every site whose same-layer ``target_kind`` site is also stored."""
+    """Default ``--sites`` for training ``kind`` on a store: every site for an SAE or a
+    crosscoder; for transcoders and CLTs every site whose same-layer ``target_kind`` site
+    is also stored."""
     from attribution.sites import Site
 
     sites = [Site.parse(s) for s in manifest["sites"]]
-    if kind == "sae":
+    if kind in ("sae", "crosscoder"):
         chosen = sites
     else:
         have = set(sites)

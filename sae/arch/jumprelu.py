@@ -9,20 +9,21 @@
 4. Pre-activation loss ``pre_act_coef`` * sum_i ReLU(theta_i - z_i) ||W_dec,i||
    (gives dead latents a gradient towards firing).
 5. L = ||y - y^||^2 + lambda * L0 + pre-act loss.
+A thin composition of parts (``sae.parts.RECIPES["jumprelu"]``): jumprelu activation,
+l0_ste (or tanh) penalty, pre_act dead part, transpose init at decoder norm 0.1.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import mlx.core as mx
 
-from sae.dictionary import Dictionary, LossContext
 from sae.errors import ConfigError
-from sae.ops import heaviside, jumprelu
+from sae.parts import RECIPES, ComposedDictionary
 
 
-class JumpReLUDictionary(Dictionary):
+class JumpReLUDictionary(ComposedDictionary):
     """JumpReLU SAE / transcoder (threshold per latent, held as a log)."""
 
     arch = "jumprelu"
@@ -35,8 +36,7 @@ class JumpReLUDictionary(Dictionary):
         kw.setdefault("l0_form", "step")
         kw.setdefault("tanh_scale", 4.0)
         kw.setdefault("pre_act_coef", 3e-6)
-        super().__init__(d_in, width, **kw)
-        self.log_threshold = mx.full((width,), math.log(self.hparams["threshold_init"]))
+        super().__init__(d_in, width, **kw)  # the jumprelu part adds ``log_threshold``
 
     def _check_hparams(self) -> None:
         h = self.hparams
@@ -45,26 +45,16 @@ class JumpReLUDictionary(Dictionary):
         if h["bandwidth"] <= 0 or h["threshold_init"] <= 0:
             raise ConfigError("bandwidth and threshold_init must be > 0")
 
+    def make_recipe(self):
+        h = self.hparams
+        r = RECIPES["jumprelu"].with_params(
+            activation={"bandwidth": h["bandwidth"], "threshold_init": h["threshold_init"]},
+            dead={"coef": h["pre_act_coef"]})
+        if h["l0_form"] == "tanh":
+            return replace(r, penalty="tanh").with_params(penalty={"scale": h["tanh_scale"]})
+        return r.with_params(penalty={"bandwidth": h["bandwidth"]})
+
     @property
     def threshold(self) -> mx.array:
         """theta [width] in the units of the pre-activations."""
         return mx.exp(self.log_threshold)
-
-    def activation(self, pre: mx.array) -> mx.array:
-        return pre * (pre > self.threshold).astype(pre.dtype)
-
-    def train_activation(self, pre: mx.array):
-        return jumprelu(pre, self.threshold, self.hparams["bandwidth"]), {}
-
-    def sparsity(self, f: mx.array, pre: mx.array) -> mx.array:
-        if self.hparams["l0_form"] == "tanh":
-            c = self.hparams["tanh_scale"]
-            return mx.tanh(c * mx.abs(f) * self.decoder_norms()).sum(-1).mean()
-        return heaviside(pre, self.threshold, self.hparams["bandwidth"]).sum(-1).mean()
-
-    def aux_loss(self, x, y, pre, f, y_hat, ctx: LossContext) -> mx.array:
-        coef = self.hparams["pre_act_coef"]
-        if coef == 0:
-            return mx.array(0.0)
-        gap = mx.maximum(self.threshold - pre, 0)
-        return coef * (gap @ self.decoder_norms()).mean()

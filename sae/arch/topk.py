@@ -13,25 +13,22 @@ BatchTopK:
 Matryoshka BatchTopK:
   5. Latents are split into nested groups (``group_fractions``); the loss sums the
      reconstruction losses of every prefix of groups (plus AuxK).
+Each class is a thin composition of parts (``sae.parts.RECIPES``: topk / batchtopk
+activation, auxk dead part, matryoshka decoder) built from its hyperparameters; the
+sparse decoder path (``decoder="sparse"``) stays here as the classes' fast ``loss``.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from sae.dictionary import Dictionary, LossContext
+from sae.dictionary import LossContext
 from sae.errors import ConfigError
-from sae.ops import (
-    batch_topk,
-    batch_topk_pairs,
-    kth_largest,
-    sparse_pairs,
-    topk_pairs,
-    topk_relu,
-)
+from sae.ops import batch_topk_pairs, sparse_pairs, topk_pairs
+from sae.parts import RECIPES, ComposedDictionary
 
 
-class TopKDictionary(Dictionary):
+class TopKDictionary(ComposedDictionary):
     """TopK SAE / transcoder with AuxK."""
 
     arch = "topk"
@@ -60,8 +57,12 @@ class TopKDictionary(Dictionary):
         ka = self.hparams["k_aux"]
         return min(self.width, max(1, self.d_out // 2) if ka is None else int(ka))
 
-    def activation(self, pre: mx.array) -> mx.array:
-        return topk_relu(pre, self.k)
+    def _aux_params(self) -> dict:
+        h = self.hparams
+        return {"k_aux": h["k_aux"], "coef": h["aux_coef"]}
+
+    def make_recipe(self):
+        return RECIPES["topk"].with_params(activation={"k": self.k}, dead=self._aux_params())
 
     def active_pairs(self, pre: mx.array):
         """(tok, lat, pre_p): the active pairs of the sparse path, sorted by token."""
@@ -91,19 +92,6 @@ class TopKDictionary(Dictionary):
         """Extra statistics of the sparse path (BatchTopK: its batch threshold)."""
         return {}
 
-    def aux_loss(self, x, y, pre, f, y_hat, ctx: LossContext) -> mx.array:
-        if not ctx.use_aux or ctx.dead is None:
-            return mx.array(0.0)
-        e = mx.stop_gradient(y - y_hat)
-        dead_pre = mx.where(ctx.dead, mx.maximum(pre, 0), mx.zeros_like(pre))
-        thr = mx.stop_gradient(kth_largest(dead_pre, self.k_aux))
-        f_aux = mx.where((dead_pre >= thr) & (dead_pre > 0), dead_pre, mx.zeros_like(pre))
-        e_hat = f_aux @ self.W_dec
-        num = ((e - e_hat) ** 2).sum(-1).mean()
-        den = mx.maximum((e * e).sum(-1).mean(), 1e-12)
-        any_dead = ctx.dead.any().astype(num.dtype)
-        return self.hparams["aux_coef"] * any_dead * num / den
-
 
 class BatchTopKDictionary(TopKDictionary):
     """BatchTopK: top k*B over the batch in training, global-threshold JumpReLU at inference."""
@@ -112,32 +100,18 @@ class BatchTopKDictionary(TopKDictionary):
 
     def __init__(self, d_in: int, width: int, **kw):
         kw.setdefault("threshold_ema", 0.01)
-        super().__init__(d_in, width, **kw)
-        self.threshold = mx.array(-1.0)  # < 0 means "not yet estimated"
-        self.freeze(keys=["threshold"], recurse=False)
+        super().__init__(d_in, width, **kw)  # the batchtopk part adds the frozen ``threshold``
+
+    def make_recipe(self):
+        return RECIPES["batchtopk"].with_params(
+            activation={"k": self.k, "threshold_ema": self.hparams["threshold_ema"]},
+            dead=self._aux_params())
 
     def active_pairs(self, pre: mx.array):
         return batch_topk_pairs(pre, self.k * pre.shape[0])
 
     def pair_stats(self, pre_p: mx.array) -> dict:
         return {"batch_threshold": mx.maximum(pre_p.min(), 0)}
-
-    def activation(self, pre: mx.array) -> mx.array:
-        return pre * (pre > mx.maximum(self.threshold, 0)).astype(pre.dtype)
-
-    def train_activation(self, pre: mx.array):
-        f, thr = batch_topk(pre, self.k)
-        return f, {"batch_threshold": thr}
-
-    def train_forward(self, x: mx.array):
-        return Dictionary.train_forward(self, x)
-
-    def update_stats(self, stats: dict) -> None:
-        if "batch_threshold" not in stats:
-            return
-        thr, rate = mx.stop_gradient(stats["batch_threshold"]), self.hparams["threshold_ema"]
-        old = self.threshold
-        self.threshold = mx.where(old < 0, thr, (1 - rate) * old + rate * thr)
 
 
 class MatryoshkaDictionary(BatchTopKDictionary):
@@ -159,28 +133,13 @@ class MatryoshkaDictionary(BatchTopKDictionary):
             raise ConfigError(f"group_fractions must be positive and sum to 1, got {fr}")
         self.hparams["group_fractions"] = fr
 
+    def make_recipe(self):
+        return RECIPES["matryoshka"].with_params(
+            activation={"k": self.k, "threshold_ema": self.hparams["threshold_ema"]},
+            dead=self._aux_params(),
+            decoder={"group_fractions": list(self.hparams["group_fractions"])})
+
     @property
     def group_bounds(self) -> list[int]:
         """End index of each nested prefix (last == width)."""
-        ends, acc = [], 0.0
-        for fr in self.hparams["group_fractions"]:
-            acc += fr
-            ends.append(min(self.width, max(1, round(acc * self.width))))
-        ends[-1] = self.width
-        return sorted(set(ends))
-
-    def loss(self, x: mx.array, y: mx.array, ctx: LossContext):
-        pre = self.train_pre_acts(x)
-        f, stats = self.train_activation(pre)
-        recon = self.b_dec + (x @ self.W_skip if self.W_skip is not None else 0)
-        total, start, mse = mx.array(0.0), 0, None
-        for end in self.group_bounds:  # prefix reconstructions share one pass over W_dec
-            recon = recon + f[:, start:end] @ self.W_dec[start:end]
-            mse = self.recon_loss(y, recon)  # the last prefix is the full reconstruction
-            total = total + mse
-            start = end
-        aux = self.aux_loss(x, y, pre, f, recon, ctx)
-        active = f > 0
-        stats = dict(stats, mse=mse, sparsity=mx.array(0.0), aux=aux,
-                     l0=active.sum(axis=-1).astype(mx.float32).mean(), fired=active.any(axis=0))
-        return total + aux, stats
+        return self.parts.decoder.bounds(self.width)

@@ -42,6 +42,12 @@ _CLASSES = {"relu": ReLUDictionary, "topk": TopKDictionary, "jumprelu": JumpReLU
 
 def encoder_parts(d, fold_b_dec: bool):
     """(W, b, kind, threshold, k) as numpy; see the module docstring."""
+    if hasattr(d, "export_form"):  # sae.parts.ComposedDictionary: its parts know the form
+        W, b, kind, thr, k = d.export_form()
+        W, b = np.asarray(W), np.asarray(b)
+        if fold_b_dec and d.apply_b_dec_to_input:
+            b = b - np.array(d.b_dec) @ W
+        return W.astype(np.float32), b.astype(np.float32), kind, thr, k
     W, b = np.array(d.W_enc), np.array(d.b_enc)
     thr, k = None, None
     if isinstance(d, GatedDictionary):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from attribution.sites import Site
-from sae.arch import ARCHITECTURES, CrossLayerTranscoder, architecture
+from sae.arch import ARCHITECTURES, Crosscoder, CrossLayerTranscoder, architecture
 from sae.errors import (
     DictionaryModelMismatchError,
     DictionaryModelMismatchWarning,
@@ -146,7 +146,10 @@ def _build(cfg: dict, path: Path):
                                         in_sites=[Site.parse(s) for s in cfg["in_sites"]],
                                         out_sites=[Site.parse(s) for s in cfg["out_sites"]],
                                         **cfg["hparams"])
-        if arch in ARCHITECTURES:
+        if arch == "crosscoder":
+            return Crosscoder(cfg["d_in"], cfg["width"], cfg["n_sites"],
+                              sites=[Site.parse(s) for s in cfg["sites"]], **cfg["hparams"])
+        if arch in ARCHITECTURES or arch == "composed":  # composed: recipe in hparams
             return architecture(arch)(cfg["d_in"], cfg["width"], d_out=cfg["d_out"],
                                       in_site=_site(cfg["in_site"]),
                                       out_site=_site(cfg["out_site"]), skip=cfg["skip"],
@@ -164,8 +167,9 @@ def _build(cfg: dict, path: Path):
 def check_sites(d, site_dims: Mapping) -> None:
     """Raise ShapeMismatchError when d_in / d_out disagree with the sites' widths."""
     dims = {Site.parse(k): int(v) for k, v in site_dims.items()}
-    ins = d.in_sites if isinstance(d, CrossLayerTranscoder) else [d.in_site]
-    outs = d.out_sites if isinstance(d, CrossLayerTranscoder) else [d.out_site]
+    multi = isinstance(d, (CrossLayerTranscoder, Crosscoder))
+    ins = d.in_sites if multi else [d.in_site]
+    outs = d.out_sites if multi else [d.out_site]
     for sites, width, what in ((ins, d.d_in, "d_in"), (outs, d.d_out, "d_out")):
         for s in sites:
             if s is not None and s in dims and dims[s] != width:
@@ -174,8 +178,12 @@ def check_sites(d, site_dims: Mapping) -> None:
 
 
 def _entry_name(d, used: set) -> str:
-    base = "clt" if isinstance(d, CrossLayerTranscoder) else str(d.in_site or "dictionary")
-    if not isinstance(d, CrossLayerTranscoder) and d.out_site is not None and d.out_site != d.in_site:
+    if isinstance(d, Crosscoder):
+        base = "crosscoder"
+    else:
+        base = "clt" if isinstance(d, CrossLayerTranscoder) else str(d.in_site or "dictionary")
+    if not isinstance(d, (CrossLayerTranscoder, Crosscoder)) and d.out_site is not None \
+            and d.out_site != d.in_site:
         base = f"{d.in_site}--{d.out_site}"
     name, i = base, 1
     while name in used:
@@ -205,7 +213,7 @@ def save_dictionaries(dicts, path, metadata: dict | None = None, *, model=None) 
 
 def load_dictionaries(path, site_dims: Mapping | None = None, *, model=None,
                       force: bool = False) -> dict:
-    """{input Site (or "clt" name): dictionary} from a ``save_dictionaries`` directory.
+    """{input Site (or "clt" / "crosscoder"): dictionary} from a ``save_dictionaries`` directory.
 
     ``model``: when both it and the files have a model identity, a mismatch
     raises ``DictionaryModelMismatchError`` (``force=True``: a
@@ -231,6 +239,7 @@ def load_dictionaries(path, site_dims: Mapping | None = None, *, model=None,
     out = {}
     for e in entries:
         d = load_dictionary(path / e["dir"], site_dims)
-        key = e["dir"] if isinstance(d, CrossLayerTranscoder) else (d.in_site or e["dir"])
+        multi = isinstance(d, (CrossLayerTranscoder, Crosscoder))
+        key = e["dir"] if multi else (d.in_site or e["dir"])
         out[key] = d
     return out

@@ -9,9 +9,9 @@ from typing import Literal
 from attribution.sites import Site
 from sae.errors import ConfigError, UnknownArchitectureError
 
-Kind = Literal["sae", "transcoder", "skip_transcoder", "clt"]
+Kind = Literal["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
 Arch = Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
-KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
+KINDS = ("sae", "transcoder", "skip_transcoder", "clt", "crosscoder")
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 
 
@@ -20,9 +20,11 @@ class TrainConfig:
     """One family of dictionaries (one per site) trained from a shared activation stream."""
 
     kind: Kind
-    """"sae" (reconstruct the site), "transcoder", "skip_transcoder" (adds W_skip x) or "clt"."""
+    """"sae" (reconstruct the site), "transcoder", "skip_transcoder" (adds W_skip x), "clt", or
+    "crosscoder" (one dictionary reading and writing all ``sites``; ``sae.arch.crosscoder``)."""
     arch: Arch
-    """Architecture: relu, topk, batchtopk, jumprelu, gated or matryoshka (CLT: not gated/matryoshka)."""
+    """Architecture: relu, topk, batchtopk, jumprelu, gated or matryoshka (CLT: not gated/matryoshka);
+    "composed" with ``recipe``, or a named recipe of ``sae.parts.RECIPES`` (e.g. "prolu")."""
     sites: tuple = ()
     """Input sites (Site or "L3.mlp_in" strings); one dictionary per site (one CLT over all)."""
     targets: tuple | None = None
@@ -97,12 +99,21 @@ class TrainConfig:
     falls back to eager ops without one)."""
     name: str | None = None
     """Label of this config in sweeps (defaults to kind-arch)."""
+    recipe: object = None
+    """A ``sae.parts.Recipe`` (or its dict / JSON form) for ``arch="composed"``: the dictionary
+    is built from interchangeable parts. With arch set to a named recipe (``sae.parts.RECIPES``,
+    e.g. "prolu") and recipe None, that recipe is used. None for the six standard classes."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UnknownArchitectureError(f"unknown kind {self.kind!r}; expected one of {KINDS}")
-        if self.arch not in ARCHS:
-            raise UnknownArchitectureError(f"unknown architecture {self.arch!r}; expected {ARCHS}")
+        _resolve_recipe(self)
+        if self.arch not in ARCHS and self.arch != "composed":
+            raise UnknownArchitectureError(f"unknown architecture {self.arch!r}; expected {ARCHS}, "
+                                           "'composed' or a named recipe (sae.parts.RECIPES)")
+        if self.arch == "composed" and self.kind not in ("sae", "transcoder", "skip_transcoder"):
+            raise ConfigError(f"composed dictionaries are single-site (sae, transcoder, "
+                              f"skip_transcoder), not kind={self.kind!r}")
         if self.kind == "clt" and self.arch in ("gated", "matryoshka"):
             raise ConfigError(f"CLTs support relu, jumprelu, topk, batchtopk; not {self.arch}")
         sites = tuple(Site.parse(s) for s in self.sites)
@@ -114,6 +125,8 @@ class TrainConfig:
             if len(tg) != len(sites):
                 raise ConfigError("targets must have one site per input site")
             object.__setattr__(self, "targets", tg)
+        if self.kind == "crosscoder":
+            _check_crosscoder(self)
         if self.width is None and self.expansion is None:
             raise ConfigError("give width or expansion")
         # counts: integers (bool is not a count), each with its lower bound; checked before
@@ -156,7 +169,9 @@ class TrainConfig:
     @property
     def label(self) -> str:
         """Name used in logs and result keys."""
-        return self.name or f"{self.kind}-{self.arch}"
+        if self.name:
+            return self.name
+        return f"{self.kind}-{self.recipe.name if self.arch == 'composed' else self.arch}"
 
     def width_for(self, d_in: int) -> int:
         """Latent count for an input of width d_in; checks k <= width."""
@@ -172,7 +187,7 @@ class TrainConfig:
 
     def target_sites(self) -> tuple:
         """Output site per input site."""
-        if self.kind == "sae":
+        if self.kind in ("sae", "crosscoder"):
             return self.sites
         if self.targets is not None:
             return self.targets
@@ -190,6 +205,11 @@ class TrainConfig:
 
     def dict_kwargs(self, width: int) -> dict:
         """Architecture hyperparameters passed to the dictionary constructor."""
+        if self.arch == "composed":
+            return {"recipe": self.recipe}
+        if self.kind == "crosscoder":
+            return dict(activation=self.arch, k=self.k, k_aux=self.k_aux, aux_coef=self.aux_coef,
+                        threshold_ema=self.threshold_ema)
         if self.arch in ("topk", "batchtopk", "matryoshka"):
             kw = dict(k=self.k, k_aux=self.k_aux, aux_coef=self.aux_coef)
             if self.arch in ("topk", "batchtopk"):
@@ -203,3 +223,46 @@ class TrainConfig:
             return dict(bandwidth=self.bandwidth, threshold_init=self.threshold_init,
                         l0_form=self.l0_form, pre_act_coef=self.pre_act_coef)
         return {}
+
+
+def _check_crosscoder(c: TrainConfig) -> None:
+    """A crosscoder reads and writes >= 2 sites with relu / topk / batchtopk, dense."""
+    if c.arch not in ("relu", "topk", "batchtopk"):
+        raise ConfigError(f"crosscoders support relu, topk, batchtopk; not {c.arch}")
+    if len(c.sites) < 2:
+        raise ConfigError(f"a crosscoder reads at least 2 sites, got {len(c.sites)}; "
+                          "list more sites, or train an SAE (kind 'sae')")
+    if len(set(c.sites)) != len(c.sites):
+        raise ConfigError("crosscoder sites repeat; list each site once")
+    if c.targets is not None and tuple(c.targets) != tuple(c.sites):
+        raise ConfigError("a crosscoder reconstructs its own sites; leave targets=None")
+    if c.decoder == "sparse":
+        raise ConfigError("crosscoders use the dense decoder; set decoder='auto' or 'dense'")
+    if c.resample_every is not None:
+        raise ConfigError("dead-latent resampling is not implemented for crosscoders; "
+                          "set resample_every=None (topk / batchtopk use AuxK)")
+
+
+def _resolve_recipe(c: TrainConfig) -> None:
+    """arch = a named recipe -> arch "composed" with that recipe; coerce dict/JSON recipes.
+
+    A recipe whose activation is topk / batchtopk and that sets no k takes ``c.k``."""
+    if c.recipe is None and c.arch in ARCHS:
+        return
+    from sae.parts import RECIPES, Recipe  # parts import mlx; only when a recipe is in play
+
+    if c.recipe is None:
+        if c.arch == "composed":
+            raise ConfigError("arch='composed' needs recipe= (a sae.parts.Recipe, its dict, or "
+                              "a name in sae.parts.RECIPES)")
+        if c.arch not in RECIPES:
+            return  # the unknown-architecture error follows
+        recipe = RECIPES[c.arch]
+    else:
+        if c.arch != "composed":
+            raise ConfigError(f"recipe= goes with arch='composed', not arch={c.arch!r}")
+        recipe = Recipe.coerce(c.recipe)
+    if recipe.activation in ("topk", "batchtopk") and "k" not in recipe.params_for("activation"):
+        recipe = recipe.with_params(activation={"k": c.k})
+    object.__setattr__(c, "arch", "composed")
+    object.__setattr__(c, "recipe", recipe)

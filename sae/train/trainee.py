@@ -3,7 +3,8 @@
 Step (all lazy; no host sync):
   1. (loss, stats), grads = value_and_grad(dictionary.loss)(x, y, ctx)
   2. clip grads to global norm ``grad_clip``; Adam update with the scheduled LR
-  3. dictionary.update_stats(stats) (BatchTopK threshold EMA)
+  3. dictionary.post_update() (e.g. unit-norm decoder rows), then
+     dictionary.update_stats(stats) (BatchTopK threshold EMA)
   4. tokens_since_fired <- 0 where a latent fired, else + batch tokens
   5. metric sums accumulate on device; the host reads them every ``log_every`` steps.
 With a process group (data parallel, see ``sae.train.distributed``) step 1's gradients
@@ -19,9 +20,10 @@ import mlx.core as mx
 import numpy as np
 from mlx import nn
 
-from sae.arch import CrossLayerTranscoder, architecture
+from sae.arch import Crosscoder, CrossLayerTranscoder, architecture
 from sae.dictionary import LossContext, _flat, geometric_median
-from sae.errors import ShapeMismatchError
+from sae.errors import ConfigError, ShapeMismatchError
+from sae.parts.dead import resample_dead as _resample
 from sae.train import adam
 from sae.train.config import TrainConfig
 from sae.train.distributed import mean_grads, sync_stats
@@ -55,7 +57,8 @@ class Trainee:
 
     @property
     def is_clt(self) -> bool:
-        return isinstance(self.dictionary, CrossLayerTranscoder)
+        """Multi-site (a CLT or a crosscoder): lists of site arrays, per-site scales."""
+        return isinstance(self.dictionary, (CrossLayerTranscoder, Crosscoder))
 
     def xy(self, batch: dict):
         """(inputs, targets) for this dictionary from a normalised batch."""
@@ -85,6 +88,8 @@ def build_trainees(cfg: TrainConfig, dims: dict, init_batch: dict, key: mx.array
         d.init_weights(key, None if b is None else mx.array(b))
         out.append(_trainee(cfg, cfg.label, d, ins, outs))
         return out
+    if cfg.kind == "crosscoder":
+        return [_crosscoder_trainee(cfg, dims, init_batch, key)]
     cls = architecture(cfg.arch)
     for i, (si, so) in enumerate(zip(ins, outs)):
         m = cfg.width_for(dims[si])
@@ -92,15 +97,33 @@ def build_trainees(cfg: TrainConfig, dims: dict, init_batch: dict, key: mx.array
                 skip=cfg.kind == "skip_transcoder",
                 apply_b_dec_to_input=cfg.kind == "sae", **cfg.dict_kwargs(m))
         y0 = init_batch[so]
-        b = None
-        if cfg.b_dec_init == "geometric_median":
+        b, how = None, getattr(d, "b_dec_init", None) or cfg.b_dec_init  # a recipe may decide
+        if how == "geometric_median":
             b = mx.array(geometric_median(y0[:4096]).astype(np.float32))
-        elif cfg.b_dec_init == "mean":
+        elif how == "mean":
             b = mx.array(y0.mean(0))
         d.init_weights(mx.random.split(key, len(ins))[i], b)
         name = f"{cfg.label}/{si}" if cfg.kind == "sae" else f"{cfg.label}/{si}->{so}"
         out.append(_trainee(cfg, name, d, (si,), (so,)))
     return out
+
+
+def _crosscoder_trainee(cfg: TrainConfig, dims: dict, init_batch: dict, key) -> Trainee:
+    """One crosscoder over all ``cfg.sites``; b_dec per site as ``cfg.b_dec_init`` says."""
+    sites = cfg.sites
+    if len({dims[s] for s in sites}) != 1:
+        raise ConfigError("crosscoder sites must share one width, got "
+                          + ", ".join(f"{s}={dims[s]}" for s in sites)
+                          + "; choose sites of the same kind (e.g. L*.resid_post)")
+    m = cfg.width_for(dims[sites[0]])
+    d = Crosscoder(dims[sites[0]], m, len(sites), sites=sites, **cfg.dict_kwargs(m))
+    b = None
+    if cfg.b_dec_init == "geometric_median":
+        b = np.stack([geometric_median(init_batch[s][:4096]) for s in sites]).astype(np.float32)
+    elif cfg.b_dec_init == "mean":
+        b = np.stack([np.asarray(init_batch[s]).mean(0) for s in sites]).astype(np.float32)
+    d.init_weights(key, None if b is None else mx.array(b))
+    return _trainee(cfg, cfg.label, d, sites, sites)
 
 
 def _n_latents(d) -> int:
@@ -121,20 +144,24 @@ def make_step(t: Trainee, group=None):
     """The per-step update of one trainee (optionally ``mx.compile``d); ``group``: data parallel."""
     d, cfg = t.dictionary, t.cfg
 
-    def loss_fn(x, y, coef, dead, use_aux):
-        return d.loss(x, y, LossContext(coef, dead, use_aux))
+    def loss_fn(x, y, coef, dead, use_aux, progress):
+        return d.loss(x, y, LossContext(coef, dead, use_aux, progress))
 
     vg = nn.value_and_grad(d, loss_fn)
     fuse = cfg.fuse_elementwise and not cfg.compile and adam.can_fuse()
 
-    def step(x, y, lr, coef, tstep, use_aux):
+    post_update = getattr(d, "post_update", None)  # CLTs / crosscoders have none
+
+    def step(x, y, lr, coef, tstep, use_aux, progress=0.0):
         dead = t.tsf >= cfg.dead_tokens
-        (loss, stats), grads = vg(x, y, coef, dead, use_aux)
+        (loss, stats), grads = vg(x, y, coef, dead, use_aux, progress)
         grads, gnorm = adam.clip_by_global_norm(mean_grads(_flat(grads), group), cfg.grad_clip)
         params = _trainable(d)
         new = adam.adam_update(params, grads, t.opt, lr, tstep, cfg.adam_betas, cfg.adam_eps,
                                fused=fuse)
         d.update(_unflat(new))
+        if post_update is not None:
+            post_update()  # projections such as unit-norm decoder rows (sae.parts.decoders)
         yv = y if isinstance(y, list) else [y]
         var = sum(((a - a.mean(0)) ** 2).sum(-1).mean() for a in yv)
         # ranks must agree on thresholds and dead latents: average / OR the statistics
@@ -176,38 +203,16 @@ def _lists(node):
 def resample_dead(t: Trainee, x: mx.array, y: mx.array, rng: np.random.Generator) -> int:
     """Re-initialise dead latents toward badly reconstructed inputs (host side, rare).
 
-    1. dead = latents silent for ``dead_tokens``; 2. pick tokens with probability
-    proportional to their squared error; 3. decoder row = that residual scaled to
-    the mean alive decoder norm, encoder column = the input direction scaled to
-    0.2 x the mean alive encoder norm, b_enc = 0; Adam moments of those entries reset.
-    """
-    d = t.dictionary
-    dead = np.nonzero(np.array(t.tsf) >= t.cfg.dead_tokens)[0]
-    if dead.size == 0 or t.is_clt:
+    The algorithm lives in ``sae.parts.dead.resample_dead`` (the ``resample`` part); this
+    applies it to a trainee (dead = silent for ``dead_tokens``; Adam moments and dead
+    counters of the resampled latents reset). Multi-site dictionaries: not resampled."""
+    if t.is_clt:
         return 0
-    err = np.array(y - d(x))
-    p = (err ** 2).sum(1) + 1e-12
-    rows = rng.choice(err.shape[0], size=dead.size, p=p / p.sum())
-    xin = np.array(x)[rows]
-    W_dec, W_enc = np.array(d.W_dec), np.array(d.W_enc)
-    alive = np.setdiff1d(np.arange(d.width), dead)
-    dn = np.linalg.norm(W_dec[alive], axis=1).mean() if alive.size else d.dec_init_norm
-    en = np.linalg.norm(W_enc[:, alive], axis=0).mean() if alive.size else d.dec_init_norm
-    r = err[rows] / np.maximum(np.linalg.norm(err[rows], axis=1, keepdims=True), 1e-12)
-    u = xin / np.maximum(np.linalg.norm(xin, axis=1, keepdims=True), 1e-12)
-    W_dec[dead], W_enc[:, dead] = r * dn, (u * 0.2 * en).T
-    b_enc = np.array(d.b_enc)
-    b_enc[dead] = 0
-    d.W_dec, d.W_enc, d.b_enc = mx.array(W_dec), mx.array(W_enc), mx.array(b_enc)
-    for mom in ("m", "v"):
-        for name, axis in (("W_dec", 0), ("W_enc", 1), ("b_enc", 0)):
-            a = np.array(t.opt[mom][name])
-            if axis == 0:
-                a[dead] = 0
-            else:
-                a[:, dead] = 0
-            t.opt[mom][name] = mx.array(a)
-    tsf = np.array(t.tsf)
-    tsf[dead] = 0
-    t.tsf = mx.array(tsf)
-    return int(dead.size)
+    scale = getattr(getattr(getattr(t.dictionary, "parts", None), "dead", None), "enc_scale", 0.2)
+    n, t.tsf = _resample(t.dictionary, t.opt, t.tsf, t.cfg.dead_tokens, x, y, rng, scale)
+    return n
+
+
+def resample_every(t: Trainee) -> int | None:
+    """Steps between resamplings: the config's ``resample_every``, else the recipe's."""
+    return t.cfg.resample_every or getattr(t.dictionary, "resample_every", None)

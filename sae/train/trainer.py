@@ -56,7 +56,15 @@ from sae.train.distributed import (
     resolve_group,
     shard_source,
 )
-from sae.train.trainee import METRICS, Trainee, build_trainees, make_step, resample_dead
+from sae.parts.schedules import lr_factor, sparsity_factor
+from sae.train.trainee import (
+    METRICS,
+    Trainee,
+    build_trainees,
+    make_step,
+    resample_dead,
+    resample_every,
+)
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,7 @@ class TrainResult:
         return dict(zip(self.names, self.dictionaries))
 
 
-def _lr_factor(step: int, total: int, warmup: int, decay_frac: float) -> float:
-    w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    n_decay = int(total * decay_frac)
-    d = min(1.0, (total - step) / n_decay) if n_decay > 0 else 1.0
-    return w * max(d, 0.0)
+_lr_factor = lr_factor  # the schedule lives in sae.parts.schedules
 
 
 def _scales(batch: dict, normalize: bool) -> dict:
@@ -189,7 +193,8 @@ def _check_sizes(c: TrainConfig, dims: dict) -> None:
         if s not in dims:
             continue
         m = c.width_for(dims[s]) * (len(c.sites) if c.kind == "clt" else 1)
-        for what, n in (("batch_tokens x width", c.batch_tokens * m), ("d_in x width", dims[s] * m)):
+        d_in = dims[s] * (len(c.sites) if c.kind == "crosscoder" else 1)  # W_enc as [L*d, m]
+        for what, n in (("batch_tokens x width", c.batch_tokens * m), ("d_in x width", d_in * m)):
             if n >= 2 ** 31:
                 raise ConfigError(f"{what} = {n} elements reaches MLX's 2^31 array limit; "
                                   "lower batch_tokens or width (micro-batching is not implemented)")
@@ -247,16 +252,19 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
             n_in_interval += 1
             done = step + 1
             for t in trainees:  # before the checkpoint, so a resume sees the resampled state
-                if t.cfg.resample_every and done % t.cfg.resample_every == 0:
+                every = resample_every(t)  # the config's, or the recipe's resample part
+                if every and done % every == 0:
                     x, y = t.xy(_gathered(batch, group))  # same rows, same RNG on every rank
                     resample_dead(t, x, y, np.random.default_rng([c0.seed, done]))
+            if done % c0.log_every == 0 or done == total:
+                _switch_aux(trainees, use_aux)  # before the checkpoint, which records it
             if ckpt_dir is not None and ckpt_every and (done % ckpt_every == 0 or done == total):
                 _check_finite(trainees, step)
                 if lead:
                     save_checkpoint(ckpt_dir, trainees, done, scales,
                                     {"use_aux": use_aux, **(extra or {})})
             if done % c0.log_every == 0 or done == total:
-                rows = _log(trainees, done, c0.batch_tokens, n_in_interval, use_aux, step)
+                rows = _log(trainees, done, c0.batch_tokens, n_in_interval, step)
                 n_in_interval = 0
                 history += rows
                 if log_file:
@@ -331,11 +339,11 @@ def _step_all(trainees, steps, batch, step: int, total: int, use_aux) -> None:
         c = t.cfg
         lr = c.lr_for(t.dictionary.width) * _lr_factor(
             step, total, min(c.warmup_steps, max(1, total // 10)), c.decay_frac)
-        ramp = max(1, int(total * c.sparsity_warmup_frac))
         coef = (c.sparsity_coef if c.sparsity_coef is not None else
-                _default_coef(t)) * min(1.0, (step + 1) / ramp)
+                _default_coef(t)) * sparsity_factor(step, total, c.sparsity_warmup_frac)
         x, y = t.xy(batch)
-        m = fn(x, y, mx.array(lr), mx.array(coef), mx.array(step + 1.0), use_aux[j])
+        m = fn(x, y, mx.array(lr), mx.array(coef), mx.array(step + 1.0), use_aux[j],
+               mx.array(step / max(total, 1)))  # progress, for schedules (p-annealing)
         t.sums = {k: t.sums[k] + m[k] for k in METRICS}
         outs.append((t.dictionary.state, t.opt, t.sums))
     mx.eval(outs)  # the only synchronisation per step; metrics stay on device
@@ -344,7 +352,7 @@ def _step_all(trainees, steps, batch, step: int, total: int, use_aux) -> None:
 def _default_coef(t: Trainee) -> float:
     if t.is_clt:
         return {"relu": 5.0, "jumprelu": 0.02}.get(t.cfg.arch, 0.0)
-    return type(t.dictionary).default_sparsity_coef
+    return t.dictionary.default_sparsity_coef  # composed: the recipe's (an instance value)
 
 
 def _chain(first, rest):
@@ -359,15 +367,22 @@ def _check_finite(trainees, step: int) -> None:
                                  "the last good checkpoint is kept", step)
 
 
-def _log(trainees, done, batch_tokens, n, use_aux, step) -> list[dict]:
-    rows = []
+def _switch_aux(trainees, use_aux) -> None:
+    """AuxK on (TopK family) once a latent has been silent for ``dead_tokens``: decided at
+    a log step before that step's checkpoint, so a resume continues with the same choice."""
     for j, t in enumerate(trainees):
+        aux_dead = bool((np.array(t.tsf) >= t.cfg.dead_tokens).any())
+        use_aux[j] = aux_dead and (t.cfg.arch in ("topk", "batchtopk", "matryoshka")
+                                   or getattr(t.dictionary, "uses_dead_mask", False))
+
+
+def _log(trainees, done, batch_tokens, n, step) -> list[dict]:
+    rows = []
+    for t in trainees:
         vals = {k: float(v) / max(n, 1) for k, v in t.sums.items()}
         if not math.isfinite(vals["loss"]):
             raise NonFiniteError(f"{t.name}: loss became non-finite by step {step}", step)
-        tsf = np.array(t.tsf)
-        aux_dead = bool((tsf >= t.cfg.dead_tokens).any())  # AuxK waits for the full window
-        use_aux[j] = aux_dead and t.cfg.arch in ("topk", "batchtopk", "matryoshka")
+        tsf = np.array(t.tsf)  # dead_frac's window may be shorter; AuxK waits for dead_tokens
         window = min(t.cfg.dead_tokens, done * batch_tokens)
         rows.append({"step": done, "tokens": done * batch_tokens, "name": t.name,
                      "dead_frac": dead_fraction(tsf, window), "dead_window": window, **vals})

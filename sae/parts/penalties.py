@@ -1,0 +1,181 @@
+"""Sparsity penalties: per-token mean of sum_i rho(a_i), before the coefficient.
+
+``a`` is what the activation exposes (``penalty_input``: f, or ReLU(pi_gate) for gated);
+with ``weighted`` (default) a_i is scaled by ||W_dec,i|| so the penalty cannot be dodged
+by shrinking f and growing the decoder (Anthropic April 2024). rho per penalty:
+1. ``l1``: a.                      2. ``sqrt_l1``: sqrt(a + eps) - sqrt(eps).
+3. ``lp``: (a + eps)^p - eps^p, p = p_start + (p_end - p_start) * s(progress), where
+   s is the recipe's schedule (p-annealing, Karvonen et al. 2024).
+4. ``tanh``: tanh(scale * a) (Anthropic's smooth L0).
+5. ``cauchy``: log(1 + (a / scale)^2) (the negative log of a Cauchy prior).
+6. ``l0_ste``: H(pre - theta) with theta the activation's threshold (0 when it has none);
+   d/dtheta := -(1/eps) K((pre - theta)/eps) (rectangle K, as Gemma Scope); with
+   ``pre_grad`` also d/dpre := +(1/eps) K(...) (needed when theta is not learned).
+7. ``none``: 0 (the TopK family controls sparsity with k).
+eps keeps the gradient of the concave penalties finite at a = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from sae.errors import ConfigError
+from sae.ops import heaviside
+from sae.parts.base import Part, zero
+from sae.parts.registry import register
+
+
+@register("penalty", "none")
+@dataclass(frozen=True)
+class NoPenalty(Part):
+    """No penalty (TopK family)."""
+
+    default_coef = 0.0
+
+    def __call__(self, d, a, pre, ctx):
+        return zero()
+
+
+@dataclass(frozen=True)
+class _Elementwise(Part):
+    weighted: bool = True
+    """Scale a_i by ||W_dec,i|| (module docstring)."""
+
+    default_coef = 1.0
+
+    def scaled(self, d, a):
+        return mx.abs(a) * d.decoder_norms() if self.weighted else mx.abs(a)
+
+    def rho(self, u, ctx):
+        raise NotImplementedError
+
+    def __call__(self, d, a, pre, ctx):
+        return self.rho(self.scaled(d, a), ctx).sum(-1).mean()
+
+
+@register("penalty", "l1")
+@dataclass(frozen=True)
+class L1(_Elementwise):
+    """sum_i a_i ||W_dec,i||; written as a matrix-vector product (one pass less)."""
+
+    default_coef = 5.0
+
+    def __call__(self, d, a, pre, ctx):
+        if self.weighted:
+            return (a @ d.decoder_norms()).mean()
+        return mx.abs(a).sum(-1).mean()
+
+
+@register("penalty", "sqrt_l1")
+@dataclass(frozen=True)
+class SqrtL1(_Elementwise):
+    """sum_i sqrt(a_i + eps) - sqrt(eps)."""
+
+    eps: float = 1e-4
+    """Smoothing at 0."""
+
+    def check(self, d) -> None:
+        if self.eps <= 0:
+            raise ConfigError("sqrt_l1 eps must be > 0")
+
+    def rho(self, u, ctx):
+        return mx.sqrt(u + self.eps) - self.eps ** 0.5
+
+
+@register("penalty", "lp")
+@dataclass(frozen=True)
+class Lp(_Elementwise):
+    """sum_i (a_i + eps)^p - eps^p with p annealed by the recipe's schedule."""
+
+    p_start: float = 1.0
+    """p at schedule value 0."""
+    p_end: float = 0.5
+    """p at schedule value 1."""
+    eps: float = 1e-4
+    """Smoothing at 0."""
+
+    def check(self, d) -> None:
+        if not (0 < self.p_end <= 1 and 0 < self.p_start <= 1) or self.eps <= 0:
+            raise ConfigError("lp needs 0 < p_start, p_end <= 1 and eps > 0")
+
+    def p(self, d, progress):
+        s = d.parts.schedule.value(progress)
+        return self.p_start + (self.p_end - self.p_start) * s
+
+    def __call__(self, d, a, pre, ctx):
+        p = self.p(d, ctx.progress)
+        u = self.scaled(d, a)
+        return (mx.power(u + self.eps, p) - mx.power(mx.array(self.eps), p)).sum(-1).mean()
+
+
+@register("penalty", "tanh")
+@dataclass(frozen=True)
+class Tanh(_Elementwise):
+    """sum_i tanh(scale * a_i)."""
+
+    scale: float = 4.0
+    """c in tanh(c a)."""
+
+    default_coef = 0.02
+
+    def rho(self, u, ctx):
+        return mx.tanh(self.scale * u)
+
+
+@register("penalty", "cauchy")
+@dataclass(frozen=True)
+class Cauchy(_Elementwise):
+    """sum_i log(1 + (a_i / scale)^2)."""
+
+    scale: float = 1.0
+    """Cauchy scale gamma."""
+
+    def check(self, d) -> None:
+        if self.scale <= 0:
+            raise ConfigError("cauchy scale must be > 0")
+
+    def rho(self, u, ctx):
+        return mx.log1p(mx.square(u / self.scale))
+
+
+def step_ste(z: mx.array, theta: mx.array, eps: float) -> mx.array:
+    """H(z - theta) with d/dz := (1/eps) K, d/dtheta := -(1/eps) K (K rectangle)."""
+
+    @mx.custom_function
+    def f(z, theta):
+        return (z > theta).astype(z.dtype)
+
+    @f.vjp
+    def f_vjp(primals, cotangent, output):
+        z, theta = primals
+        k = (mx.abs((z - theta) / eps) < 0.5).astype(z.dtype) * cotangent / eps
+        return k, (-k).reshape(-1, *theta.shape).sum(axis=0)
+
+    return f(z, theta)
+
+
+@register("penalty", "l0_ste")
+@dataclass(frozen=True)
+class L0STE(Part):
+    """Counted active latents with a straight-through gradient (module docstring, 6)."""
+
+    bandwidth: float = 0.05
+    """Rectangle-kernel width eps."""
+    pre_grad: bool = False
+    """Also pass the kernel's gradient to the pre-activations."""
+
+    default_coef = 0.02
+
+    def check(self, d) -> None:
+        if self.bandwidth <= 0:
+            raise ConfigError("l0_ste bandwidth must be > 0")
+
+    def __call__(self, d, a, pre, ctx):
+        theta = d.parts.activation.threshold(d)
+        if theta is None:
+            theta = mx.zeros((d.width,), pre.dtype)
+        if self.pre_grad:
+            return step_ste(pre, theta, self.bandwidth).sum(-1).mean()
+        return heaviside(pre, theta, self.bandwidth).sum(-1).mean()
