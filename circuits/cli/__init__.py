@@ -39,13 +39,15 @@ from circuits.cli import prune as _prune
 from circuits.cli import render as _render
 from circuits.cli import report as _report
 from circuits.cli import serve as _serve
+from circuits.cli import sweep as _sweep
 from circuits.cli import validate as _validate
 from circuits.cli import train as _train
 from circuits.cli._common import Interrupted, _one_line, apply_config, check_out, set_run
 
 _COMMANDS = {"demo": _demo, "harvest": _harvest, "train": _train, "evaluate": _evaluate, "attribute": _attribute,
              "aggregate": _aggregate, "prune": _prune, "validate": _validate, "features": _features, "render": _render,
-             "report": _report, "serve": _serve, "bench": _bench, "organism": _organism, "doctor": _doctor}
+             "report": _report, "serve": _serve, "bench": _bench, "organism": _organism, "doctor": _doctor,
+             "sweep": _sweep}
 
 _GLOBAL = (("--quiet", "no progress bars or chatter"), ("--json", "print results as one JSON object"),
            ("--debug", "show tracebacks on errors"))
