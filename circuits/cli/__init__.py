@@ -119,6 +119,12 @@ def _on_sigterm(signum, frame):
     raise Interrupted("SIGTERM")
 
 
+def _interrupted_note(command) -> str:
+    """What an interruption leaves: a command may say (``INTERRUPTED_NOTE``; a sweep keeps its
+    finished runs and checkpoint), else unfinished output is removed."""
+    return getattr(_COMMANDS.get(command), "INTERRUPTED_NOTE", "unfinished output removed")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``circuits`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -144,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             check_out(out, bool(getattr(args, "overwrite", False)), args)
         return int(_COMMANDS[command].run(args) or 0)
     except Interrupted as exc:
-        _err(command, f"interrupted by {exc.signame}; unfinished output removed")
+        _err(command, f"interrupted by {exc.signame}; {_interrupted_note(command)}")
         return 143 if exc.signame == "SIGTERM" else 130
     except KeyboardInterrupt:
-        _err(command, "interrupted by SIGINT; unfinished output removed")
+        _err(command, f"interrupted by SIGINT; {_interrupted_note(command)}")
         return 130
     except BrokenPipeError:
         # The reader went away (``--json | head``): stop quietly, and point stdout

@@ -24,6 +24,8 @@ from circuits.cli._out import emit
 
 CHECKS_OUT_ITSELF = True
 """``--out`` is reused on purpose (resume): ``main``'s empty-directory check does not apply."""
+INTERRUPTED_NOTE = "finished runs and the current run's checkpoint are kept; rerun the same command to resume"
+"""What Ctrl-C leaves (the CLI's interruption message)."""
 
 
 def add_parser(sub, name: str) -> None:

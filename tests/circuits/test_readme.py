@@ -59,3 +59,6 @@ def test_python_api_blocks_run(tmp_path, monkeypatch):
     assert abs(float(ns["why"].query_marginals.sum()) - ns["why"].score) < 1e-3 * max(1.0, abs(ns["why"].score))
     assert ns["recovery"].node_auc == 1.0 and ns["recovery"].node_recall == 1.0
     assert 0 < ns["delta"].summary.node_jaccard < 1
+    # the try-a-new-architecture block: the registered part trains and beats a random decoder
+    assert ns["lab"].mcc > ns["chance"] + 0.05, (ns["lab"].mcc, ns["chance"])
+    assert ns["learned"].describe()["arch"] == "composed"

@@ -391,3 +391,34 @@ def test_named_recipes_sweep_without_code_change(tmp_path):
     res = run_sweep(one, tmp_path / "out")
     (rec,) = res.rows
     assert rec["arch"] == "prolu" and rec["sparsity_coef"] == 1.0 and 0 < rec["fvu"] < 1.5
+
+
+def test_cli_ctrl_c_keeps_finished_runs_and_says_so(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second run: exit 130, the message says what is kept (not "removed"),
+    the first run's row survives and the rerun trains only the rest."""
+    import circuits.cli.sweep as cli_sweep
+
+    p = tmp_path / "g.toml"
+    p.write_text(_toml(TINY))
+    out = tmp_path / "sw"
+    real = cli_sweep._progress
+
+    def interrupting(args):
+        cb = real(args)
+
+        def wrapped(ev):
+            if ev.event == "start" and ev.index == 1:
+                raise KeyboardInterrupt
+            cb(ev)
+        return wrapped
+
+    monkeypatch.setattr(cli_sweep, "_progress", interrupting)
+    assert main(["sweep", str(p), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to resume" in err and "removed" not in err, err
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+    assert len(rows) == 1
+    monkeypatch.setattr(cli_sweep, "_progress", real)
+    assert main(["--json", "sweep", str(p), "--out", str(out)]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(rec["skipped"]) == 1 and len(rec["trained"]) == 3 and rec["finished"] == 4
