@@ -11,9 +11,12 @@ Algorithm:
      ``--m`` (default = n_features), k = ``--k`` (25), ``--total-tokens`` tokens in batches
      of ``--batch``, LR ``--lr`` (3e-3: at this short budget our long-run default, 4e-4 at
      m=4096, ends barely above the random-decoder MCC); time it.
-  3. If sae_lens imports: its ``BatchTopKTrainingSAE`` (library defaults) stepped by its
-     ``SAETrainer.step`` on the very batches our source yields, same LR schedule; encoded
-     on the held-out rows in one batch (batch-level top k over the evaluation batch).
+  3. If sae_lens imports: its ``BatchTopKTrainingSAE`` and ``MatryoshkaBatchTopKTrainingSAE``
+     (``--saelens-archs``; library defaults, Matryoshka with our group bounds) stepped by its
+     ``SAETrainer.step`` on the very batches our source yields, same LR schedule.
+  Each dictionary is evaluated in two forms on the held-out rows (``eval`` column):
+  "threshold", the inference JumpReLU each library saves (EMA threshold), and "batch",
+  batch-level top k over the evaluation batch (the training activation).
   4. Score every dictionary with ``sae.synthetic.score`` on the held-out rows (MCC, F1,
      uniqueness, shrinkage, absorption, dead, FVU); with sae_lens also its own
      ``mean_correlation_coefficient`` and ``feature_uniqueness`` on the same decoders.
@@ -40,6 +43,8 @@ import mlx.core as mx
 import numpy as np
 from attribution import Site
 from sae import ArraySource, TrainConfig, train
+from sae.arch import MatryoshkaDictionary
+from sae.ops import batch_topk
 from sae.synthetic import cpu_preset, make_truth, mcc, sample, score
 # isort: on
 
@@ -59,16 +64,30 @@ def _saelens_scores(decoder: np.ndarray, features: np.ndarray) -> dict:
             "saelens_uniqueness": round(feature_uniqueness(dec, feat), 5)}
 
 
-def run_saelens(batches, args, steps, warm, decay, lr, x_eval, threads):
+def run_saelens(arch, batches, args, steps, warm, decay, lr, x_eval, threads, group_bounds):
+    """Train SAELens's BatchTopK or Matryoshka BatchTopK (library defaults) on our batches.
+
+    Returns (W_dec, {eval form: activations in raw-decoder units}, {form: x_hat}, seconds).
+    Forms: "threshold" is the inference JumpReLU SAELens saves (its EMA ``topk_threshold``
+    on decoder-norm-scaled pre-activations); "batch" is batch-level top k over the
+    evaluation batch (the training activation)."""
     import torch
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
-    sl = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(
-        d_in=x_eval.shape[1], d_sae=args.m, k=args.k, dtype="float32", device="cpu"))
+    common = dict(d_in=x_eval.shape[1], d_sae=args.m, k=args.k, dtype="float32", device="cpu")
+    if arch == "matryoshka":
+        sl = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+            matryoshka_widths=list(group_bounds), **common))
+    else:
+        sl = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common))
     tr = SAETrainer(SAETrainerConfig(
         total_training_samples=steps * args.batch, train_batch_size_samples=args.batch, lr=lr,
         lr_end=lr, lr_warm_up_steps=warm, lr_decay_steps=decay,
@@ -77,14 +96,35 @@ def run_saelens(batches, args, steps, warm, decay, lr, x_eval, threads):
     for _ in range(steps):
         tr.step(torch.from_numpy(next(batches)))
     secs = time.perf_counter() - t0
+    acts, recons = {}, {}
     with torch.no_grad():
-        f = sl.encode(torch.from_numpy(x_eval))
-        x_hat = sl.decode(f)
+        x = torch.from_numpy(x_eval)
         w = sl.W_dec.detach()
-        f = f.numpy()
-        if getattr(sl.cfg, "rescale_acts_by_decoder_norm", False):
-            f = f / w.norm(dim=-1).numpy()  # activations in units of the raw decoder rows
-    return w.numpy(), f, x_hat.numpy(), secs
+        norm = w.norm(dim=-1)
+        rescale = bool(getattr(sl.cfg, "rescale_acts_by_decoder_norm", False))
+        f_batch = sl.encode(x)  # batch-level top k over this batch, in scaled units
+        pre = sl.process_sae_in(x) @ sl.W_enc + sl.b_enc
+        scaled = pre.relu() * (norm if rescale else 1)
+        f_thr = scaled * (scaled > sl.topk_threshold)
+        for form, f in (("batch", f_batch), ("threshold", f_thr)):
+            recons[form] = sl.decode(f).numpy()
+            acts[form] = (f / norm).numpy() if rescale else f.numpy()
+    return w.numpy(), acts, recons, secs
+
+def _group_bounds(cfg, d: int, m: int) -> list[int]:
+    """Matryoshka prefix ends of our config (SAELens's ``matryoshka_widths``)."""
+    return MatryoshkaDictionary(d, m, k=cfg.k, group_fractions=list(cfg.group_fractions)).group_bounds
+
+
+def _our_forms(d, x_eval: np.ndarray, k: int) -> dict:
+    """Our activations on the held-out rows: the saved inference form ("threshold": the
+    JumpReLU with the EMA threshold for the batch variants, per-row top k for TopK) and,
+    for the batch variants, batch-level top k over the evaluation batch ("batch")."""
+    x = mx.array(x_eval)
+    forms = {"threshold": np.array(d.encode(x))}
+    if d.arch in ("batchtopk", "matryoshka"):
+        forms["batch"] = np.array(batch_topk(d.pre_acts(x), k)[0])
+    return forms
 
 
 def emit(row: dict) -> None:
@@ -111,6 +151,8 @@ def main() -> None:
                         "m=4096 stays near chance MCC after 2^20 tokens)")
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--no-saelens", action="store_true")
+    p.add_argument("--saelens-archs", default="batchtopk,matryoshka",
+                   help="SAELens trainers run on the same batches (batchtopk, matryoshka)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-down", type=int, default=1,
                    help="divide d and n_features by this (quick smoke runs)")
@@ -136,48 +178,52 @@ def main() -> None:
               "n_features": c.n_features, "true_l0": c.mean_l0, "m": args.m, "k": args.k,
               "batch": args.batch, "total_tokens": args.total_tokens,
               "train_rows": args.train_rows, "eval_rows": args.eval_rows,
+              "scale_down": args.scale_down,
               "generate_s": round(gen_s, 1),
               "mcc_random_decoder": round(mcc(truth.directions, rand), 5)}
     rows = []
     src = ArraySource({SITE: x_tr})
-    cfg0 = None
     for arch in [a for a in args.archs.split(",") if a]:
         cfg = TrainConfig(kind="sae", arch=arch, sites=(SITE,), width=args.m, k=args.k,
                           batch_tokens=args.batch, total_tokens=args.total_tokens, lr=args.lr,
                           dead_tokens=args.dead_tokens, seed=args.seed, log_every=10 ** 9)
-        cfg0 = cfg0 or cfg
         t0 = time.perf_counter()
         d = train(src, cfg, distributed=False).dictionaries[0]
         secs = time.perf_counter() - t0
-        f = d.encode(mx.array(x_ev))
-        x_hat = np.array(d.decode(f))
         w = np.array(d.W_dec)
-        r = score(w, truth.directions, np.array(f), codes, x=x_ev, x_hat=x_hat,
-                  hierarchy_pairs=pairs)
-        rows.append({**common, "library": "ours", "arch": arch, **r.summary(),
-                     **_saelens_scores(w, truth.directions), "train_s": round(secs, 1),
-                     "steps": cfg.steps, "lr": cfg.lr_for(args.m)})
-        emit(rows[-1])
+        for form, f in _our_forms(d, x_ev, args.k).items():
+            x_hat = np.array(d.decode(mx.array(f)))
+            r = score(w, truth.directions, f, codes, x=x_ev, x_hat=x_hat, hierarchy_pairs=pairs)
+            rows.append({**common, "library": "ours", "arch": arch, "eval": form, **r.summary(),
+                         **_saelens_scores(w, truth.directions), "train_s": round(secs, 1),
+                         "steps": cfg.steps, "lr": cfg.lr_for(args.m)})
+            emit(rows[-1])
     if not args.no_saelens:
         try:
             import sae_lens
         except ImportError:
             sae_lens = None
-        if sae_lens is not None:
-            cfg = cfg0 or TrainConfig(kind="sae", arch="batchtopk", sites=(SITE,), width=args.m,
-                                      k=args.k, batch_tokens=args.batch,
-                                      total_tokens=args.total_tokens, lr=args.lr)
+        sl_archs = [a for a in args.saelens_archs.split(",") if a] if sae_lens is not None else []
+        for arch in sl_archs:
+            cfg = TrainConfig(kind="sae", arch=arch, sites=(SITE,), width=args.m, k=args.k,
+                              batch_tokens=args.batch, total_tokens=args.total_tokens,
+                              lr=args.lr)
             steps, lr = cfg.steps, cfg.lr_for(args.m)
             warm, decay = min(cfg.warmup_steps, max(1, steps // 10)), int(steps * cfg.decay_frac)
+            # the very batches (same order) our trainer consumed
             batches = (b[SITE] for b in src.batches(args.batch, args.seed))
-            w, f, x_hat, secs = run_saelens(batches, args, steps, warm, decay, lr, x_ev,
-                                            args.torch_threads)
-            r = score(w, truth.directions, f, codes, x=x_ev, x_hat=x_hat, hierarchy_pairs=pairs)
-            rows.append({**common, "library": "saelens", "arch": "batchtopk", **r.summary(),
-                         **_saelens_scores(w, truth.directions), "train_s": round(secs, 1),
-                         "steps": steps, "lr": lr, "torch_threads": args.torch_threads,
-                         "sae_lens": sae_lens.__version__})
-            emit(rows[-1])
+            bounds = _group_bounds(cfg, c.d, args.m)
+            w, acts, recons, secs = run_saelens(arch, batches, args, steps, warm, decay, lr,
+                                                x_ev, args.torch_threads, bounds)
+            for form in ("threshold", "batch"):
+                r = score(w, truth.directions, acts[form], codes, x=x_ev, x_hat=recons[form],
+                          hierarchy_pairs=pairs)
+                rows.append({**common, "library": "saelens", "arch": arch, "eval": form,
+                             **r.summary(), **_saelens_scores(w, truth.directions),
+                             "train_s": round(secs, 1), "steps": steps, "lr": lr,
+                             "torch_threads": args.torch_threads,
+                             "sae_lens": sae_lens.__version__})
+                emit(rows[-1])
 
 
 if __name__ == "__main__":

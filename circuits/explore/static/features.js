@@ -12,29 +12,7 @@
   'use strict';
   var S = { info: null, query: '', offset: 0, limit: 20, total: 0, chosen: [], sseq: 0, hseq: 0 };
 
-  function $(id) { return document.getElementById(id); }
-  function el(tag, text, cls) {
-    var e = document.createElement(tag);
-    if (text !== undefined && text !== null) { e.textContent = String(text); }
-    if (cls) { e.className = cls; }
-    return e;
-  }
-  function status(text, isError) {
-    var s = $('status');
-    s.textContent = text || '';
-    s.className = isError ? 'error' : '';
-    if (isError) { document.body.dataset.error = text; } else { delete document.body.dataset.error; }
-  }
-  function api(url, body) {
-    var opts = body === undefined ? {} : { method: 'POST', headers: { 'Content-Type': 'application/json' },
-                                           body: JSON.stringify(body) };
-    return fetch(url, opts).then(function (r) {
-      return r.json().then(function (j) {
-        if (!r.ok) { throw new Error(j.error || ('HTTP ' + r.status)); }
-        return j;
-      });
-    });
-  }
+  var $ = CX.$, el = CX.el, status = CX.status, api = CX.api;  // common.js
   function fmt(x) { return x === null || x === undefined ? 'n/a' : Number(x).toPrecision(3); }
   function heat(v, scale) {
     var a = scale > 0 ? Math.min(1, Math.abs(v) / scale) : 0;
