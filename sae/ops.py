@@ -20,14 +20,26 @@
 
 from __future__ import annotations
 
+import threading
+
 import mlx.core as mx
 
 _STREAMS: list = []
+_OWNER: list = []  # the thread that created _STREAMS (held, so no later thread can equal it)
 _TINY = 1.1754944e-38  # smallest normal float32
 
 
-def _cpu_streams(n: int) -> list:
+def _cpu_streams(n: int) -> list | None:
+    """``n`` extra CPU streams, or None when called from another thread than the one that
+    made them: MLX streams are thread-local ("There is no Stream(cpu, i) in current
+    thread" elsewhere), and making streams per thread would grow MLX's threads with
+    every thread of a server. Callers then run on the default stream (same result)."""
     # Created lazily (no work at import); reused so MLX does not grow threads.
+    me = threading.current_thread()
+    if not _OWNER:
+        _OWNER.append(me)
+    elif _OWNER[0] is not me:
+        return None
     while len(_STREAMS) < n:
         _STREAMS.append(mx.new_stream(mx.default_device()))
     return _STREAMS[:n]
@@ -59,11 +71,12 @@ def topk_index(a: mx.array, k: int, split: int = 2) -> mx.array:
     """Indices [rows,k] of the per-row top k of 2-D ``a`` (no gradient; rows split over streams)."""
     a = mx.stop_gradient(a)
     rows = a.shape[0]
-    if split <= 1 or rows < 2 * split or mx.default_device() != mx.cpu:
+    streams = None if split <= 1 or rows < 2 * split or mx.default_device() != mx.cpu else _cpu_streams(split)
+    if streams is None:
         return _topk_index_part(a, k)
     bounds = [rows * i // split for i in range(split + 1)]
     return mx.concatenate([_topk_index_part(a[s:e], k, st)
-                           for s, e, st in zip(bounds[:-1], bounds[1:], _cpu_streams(split))])
+                           for s, e, st in zip(bounds[:-1], bounds[1:], streams)])
 
 
 def kth_largest(a: mx.array, k: int, split: int = 2) -> mx.array:
@@ -95,10 +108,11 @@ def _global_top(a: mx.array, n_keep: int, split: int = 2) -> mx.array:
     if b == 1:
         return mx.argpartition(a.reshape(-1), n - n_keep)[n - n_keep:]
     blocks = a.reshape(rows, -1, b)
-    if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu:
+    streams = _cpu_streams(split) if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu else None
+    if streams is not None:
         bd = [rows * i // split for i in range(split + 1)]
         bmax = mx.concatenate([blocks[s:e].max(axis=-1, stream=st)
-                               for s, e, st in zip(bd[:-1], bd[1:], _cpu_streams(split))])
+                               for s, e, st in zip(bd[:-1], bd[1:], streams)])
     else:
         bmax = blocks.max(axis=-1)
     nb = bmax.size
@@ -194,8 +208,8 @@ def _weight_grads(x, b_enc, W_dec, tok, lat, vals, g_pre, g_y):
     order = mx.argsort(lat)
     segs = _segments(lat, W_dec.shape[0])
     t = tok[order]
-    dec_s, enc_s = (_cpu_streams(2) if mx.default_device() == mx.cpu
-                    else (mx.default_stream(mx.default_device()),) * 2)
+    dec_s, enc_s = ((_cpu_streams(2) if mx.default_device() == mx.cpu else None)
+                    or (mx.default_stream(mx.default_device()),) * 2)
     with mx.stream(dec_s):
         g_dec = mx.segmented_mm(vals[order][None], g_y[t], segs)[:, 0, :]
     with mx.stream(enc_s):
@@ -278,3 +292,64 @@ def topk_pairs(pre: mx.array, k: int, split: int = 2):
     tok = mx.broadcast_to(mx.arange(n, dtype=mx.uint32)[:, None], (n, k)).reshape(-1)
     pre_p = mx.take_along_axis(mx.stop_gradient(pre), idx, axis=-1)
     return tok, idx.astype(mx.uint32), pre_p
+
+
+# ---- pairs with a differentiable activation in between (``sae.parts.sparse``) ----------
+# ``sparse_pairs`` fuses ReLU into one custom VJP. The composed dictionaries' sparse path
+# needs other pair activations (ProLU's gate, a deep encoder's dense pre-activations), so
+# the encoder side and the decoder side are two custom functions here, and whatever
+# elementwise activation sits between them is differentiated by MLX on [P] arrays.
+
+
+@mx.custom_function
+def _pair_encode(x, W_enc, b_enc, tok, lat, pre_p):
+    return mx.stop_gradient(pre_p) * 1  # a fresh array: the caller's pre_p is data
+
+
+@_pair_encode.vjp
+def _pair_encode_vjp(primals, cotangent, output):
+    x, W_enc, b_enc, tok, lat, pre_p = primals
+    order = mx.argsort(lat)
+    segs = _segments(lat, W_enc.shape[1])
+    g_enc = mx.segmented_mm(cotangent[order][None], x[tok[order]], segs)[:, 0, :].T
+    g_b = mx.zeros_like(b_enc).at[lat].add(cotangent)
+    # x's gradient (a deep encoder's hidden layer needs it; lazily dropped when unused):
+    # per token, sum over its pairs of g_p W_enc[:, lat_p] (pairs sorted by token)
+    g_x = mx.segmented_mm(cotangent[None], W_enc.T[lat], _segments(tok, x.shape[0]))[:, 0, :]
+    return (g_x, g_enc, g_b, mx.zeros_like(tok), mx.zeros_like(lat), mx.zeros_like(pre_p))
+
+
+def pair_encode(x, W_enc, b_enc, tok, lat, pre_p):
+    """[P] pre-activations of the pairs (x W_enc + b_enc at (tok, lat)), for training.
+
+    ``pre_p`` is computed by the caller without gradient; the value returned equals it,
+    and its VJP gives W_enc [d, width] and b_enc [width] their gradients from the pairs
+    only (a segmented GEMM over the pairs sorted by latent, as ``sparse_pairs``), and
+    x [N, d] its gradient (a segmented GEMM over the pairs sorted by token; ``tok``
+    must be sorted)."""
+    return _pair_encode(x, W_enc, b_enc, tok, lat, pre_p)
+
+
+@mx.custom_function
+def _pair_decode(x, W_dec, tok, lat, vals):
+    # pairs sorted by token: one segmented GEMM, a segment per token (x only gives N)
+    return mx.segmented_mm(vals[None], W_dec[lat], _segments(tok, x.shape[0]))[:, 0, :]
+
+
+@_pair_decode.vjp
+def _pair_decode_vjp(primals, cotangent, output):
+    x, W_dec, tok, lat, vals = primals
+    g_vals = _pair_dots(cotangent, W_dec, tok, lat)
+    order = mx.argsort(lat)
+    segs = _segments(lat, W_dec.shape[0])
+    g_dec = mx.segmented_mm(vals[order][None], cotangent[tok[order]], segs)[:, 0, :]
+    return mx.zeros_like(x), g_dec, mx.zeros_like(tok), mx.zeros_like(lat), g_vals
+
+
+def pair_decode(x, W_dec, tok, lat, vals):
+    """[N, d_out]: sum over each token's pairs of vals_p W_dec[lat_p] (no bias).
+
+    ``tok``/``lat`` [P] sorted by token, ``x`` [N, ...] only gives N. The VJP gives
+    ``vals`` (one gather_mm of pair dot products) and the touched rows of W_dec (a
+    segmented GEMM per latent); no [N, width] array is formed."""
+    return _pair_decode(x, W_dec, tok, lat, vals)

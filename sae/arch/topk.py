@@ -8,7 +8,9 @@ TopK (Gao et al. 2024):
 BatchTopK:
   3. Training keeps the k*B largest ReLU(pre) entries of the batch (dense, or as
      k*B active pairs with ``decoder="sparse"``); the smallest kept value updates an
-     EMA threshold theta (rate ``threshold_ema``).
+     EMA threshold theta (rate ``threshold_ema``); after the last step the trainer sets
+     theta to the final weights' batch threshold on the last batch (the EMA lags a
+     threshold that falls while the encoder trains; ``sae.parts.activations``, 3).
   4. Inference is the JumpReLU f = pre * 1[pre > theta] (exported as such).
 Matryoshka BatchTopK:
   5. Latents are split into nested groups (``group_fractions``); the loss sums the
@@ -99,7 +101,7 @@ class BatchTopKDictionary(TopKDictionary):
     arch = "batchtopk"
 
     def __init__(self, d_in: int, width: int, **kw):
-        kw.setdefault("threshold_ema", 0.01)
+        kw.setdefault("threshold_ema", 0.1)  # sae.parts.activations.BatchTopK
         super().__init__(d_in, width, **kw)  # the batchtopk part adds the frozen ``threshold``
 
     def make_recipe(self):

@@ -8,7 +8,9 @@
    ``pre_acts`` returns activation.protocol_pre(pre) (gated: pi_mag; prolu: the bias-free
    projection) so ``activation(pre_acts(x))`` is the inference map.
 3. Loss = decoder.recon (mse, or matryoshka's nested sum) + sparsity_coef *
-   penalty(activation.penalty_input(f, pre)) + activation.aux + dead.aux.
+   penalty(activation.penalty_input(f, pre)) + activation.aux + dead.aux. With
+   hparam ``decoder="sparse"`` (supported recipes only, checked at construction) the same
+   loss comes from the active (token, latent) pairs (``sae.parts.sparse``).
 4. After each optimiser step the trainer calls ``post_update`` (decoder.post_update: the
    unit-norm constraint) and ``update_stats`` (activation: the BatchTopK EMA threshold).
 5. ``folded`` scales W_enc (or W_dec^T when tied, which unties), W_dec, b_dec, W_skip and
@@ -33,6 +35,7 @@ from sae.errors import ConfigError, ShapeMismatchError, UnknownArchitectureError
 from sae.parts.encoders import LinearEncoder
 from sae.parts.recipe import Recipe
 from sae.parts.registry import KINDS
+from sae.parts.sparse import check_sparse, sparse_loss
 
 
 class ComposedDictionary(Dictionary):
@@ -44,6 +47,8 @@ class ComposedDictionary(Dictionary):
         super().__init__(d_in, width, **kw)
         r = self.make_recipe()
         object.__setattr__(self, "recipe", r)
+        if type(self).loss is ComposedDictionary.loss:  # TopK / BatchTopK: their own pair path
+            _check_decoder(self.hparams, r)
         object.__setattr__(self, "parts", SimpleNamespace(**{k: r.build(k) for k in KINDS}))
         for k in KINDS:
             getattr(self.parts, k).check(self)
@@ -58,7 +63,7 @@ class ComposedDictionary(Dictionary):
     def _check_hparams(self) -> None:
         if "recipe" not in self.hparams or self.hparams["recipe"] is None:
             raise ConfigError("a composed dictionary needs recipe= (a Recipe, dict or name)")
-        extra = sorted(set(self.hparams) - {"recipe"})
+        extra = sorted(set(self.hparams) - {"recipe", "decoder"})
         if extra:
             raise ConfigError(f"a composed dictionary takes its hyperparameters from the recipe; "
                               f"unexpected {extra}")
@@ -140,7 +145,23 @@ class ComposedDictionary(Dictionary):
         _, _, y_hat = self.parts.decoder.recon(self, x, mx.zeros((1, self.d_out)), f)
         return pre, f, y_hat, stats
 
+    @property
+    def needs_eager_step(self) -> bool:
+        """True on the sparse pair path: its loss reads the active count on the host,
+        which ``mx.compile`` forbids, so the trainer runs the step uncompiled."""
+        return (self.hparams.get("decoder", "dense") == "sparse"
+                and type(self).loss is ComposedDictionary.loss
+                and self.parts.activation.name != "topk")  # topk pairs: a fixed count
+
     def loss(self, x: mx.array, y: mx.array, ctx: LossContext):
+        # decoder="sparse" (checked at construction, ``sae.parts.sparse.unsupported``): the
+        # same loss from the active (token, latent) pairs only; otherwise the dense loss.
+        if self.hparams.get("decoder", "dense") == "sparse":
+            return sparse_loss(self, x, y, ctx)
+        return self.dense_loss(x, y, ctx)
+
+    def dense_loss(self, x: mx.array, y: mx.array, ctx: LossContext):
+        """The loss on the dense [batch, width] activation (module docstring, 3)."""
         pre = self.train_pre_acts(x)
         f, stats = self.train_activation(pre)
         recon, mse, y_hat = self.parts.decoder.recon(self, x, y, f)
@@ -187,6 +208,15 @@ class ComposedDictionary(Dictionary):
                 "sae.save_dictionary instead")
         W, b = np.array(lin[0]), np.array(lin[1])
         return self.parts.activation.export_form(self, W, b)
+
+
+def _check_decoder(hparams: dict, recipe: Recipe) -> None:
+    """``decoder``: absent / "dense", or "sparse" for a recipe the pair path supports."""
+    dec = hparams.get("decoder", "dense")
+    if dec not in ("dense", "sparse"):
+        raise ConfigError(f"decoder must be 'dense' or 'sparse', got {dec!r}")
+    if dec == "sparse":
+        check_sparse(recipe)
 
 
 def composed(name_or_recipe, **params) -> Recipe:

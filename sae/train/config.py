@@ -12,6 +12,7 @@ from sae.errors import ConfigError, UnknownArchitectureError
 Kind = Literal["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
 Arch = Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
 KINDS = ("sae", "transcoder", "skip_transcoder", "clt", "crosscoder")
+_SINGLE = ("sae", "transcoder", "skip_transcoder")  # one input site: relu / recipes may go sparse
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 
 
@@ -71,15 +72,21 @@ class TrainConfig:
     """JumpReLU L0 penalty: Heaviside step (STE) or Anthropic's tanh."""
     pre_act_coef: float = 3e-6
     """JumpReLU pre-activation loss coefficient."""
-    threshold_ema: float = 0.01
-    """BatchTopK EMA rate of the inference threshold."""
+    threshold_ema: float = 0.1
+    """BatchTopK EMA rate of the inference threshold (a ~10-step window: at 0.01 the early,
+    much higher batch thresholds dominate short runs; ``sae.parts.activations.BatchTopK``)."""
     group_fractions: tuple = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 17 / 32)
     """Matryoshka nested group sizes as fractions of the width (sum to 1)."""
     decoder: Literal["auto", "dense", "sparse"] = "auto"
-    """TopK / BatchTopK decoder: dense matmuls, or only the active (token, latent) pairs
-    forward and backward; "auto" picks sparse for TopK when width >= 4096 and width >= 96 k,
-    for BatchTopK when width >= 8192 and width >= 128 k (crossovers measured on CPU with
-    ``benchmarks/sae_train.py``)."""
+    """Dense matmuls, or only the active (token, latent) pairs forward and backward. TopK /
+    BatchTopK: "auto" picks sparse for TopK when width >= 4096 and width >= 96 k, for
+    BatchTopK when width >= 8192 and width >= 128 k (crossovers measured on CPU with
+    ``benchmarks/sae_train.py``). ReLU and recipes (single-site kinds): "sparse" needs parts
+    the pair loss supports (``sae.parts.sparse``: relu / prolu-"relu" / topk activations,
+    elementwise penalties; not jumprelu, gated, matryoshka, ghost_grads), else ConfigError;
+    its relu-family steps run uncompiled (one host sync per step) and fall back to the dense
+    loss while more than 1/160 of the entries are active. "auto" picks sparse only for
+    topk-activated recipes (TopK's rule); relu-family recipes stay dense under "auto"."""
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """How b_dec starts (from the first batch)."""
     normalize: bool = True
@@ -156,8 +163,7 @@ class TrainConfig:
         if self.decoder not in ("auto", "dense", "sparse"):
             raise ConfigError(f"decoder must be auto, dense or sparse, got {self.decoder!r}")
         if self.decoder == "sparse" and self.arch not in ("topk", "batchtopk"):
-            raise ConfigError("the sparse decoder needs arch='topk' or 'batchtopk' "
-                              f"(got {self.arch!r}, which needs a dense activation)")
+            _check_sparse_recipe(self)
         object.__setattr__(self, "group_fractions", tuple(self.group_fractions))
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
 
@@ -201,12 +207,23 @@ class TrainConfig:
             return "sparse" if width >= 4096 and width >= 96 * self.k else "dense"
         if self.arch == "batchtopk":
             return "sparse" if width >= 8192 and width >= 128 * self.k else "dense"
+        if self.arch == "composed" and self.kind in _SINGLE and self.recipe.activation == "topk":
+            from sae.parts.sparse import unsupported
+
+            k = self.recipe.params_for("activation").get("k", 32)
+            if unsupported(self.recipe) is None and width >= 4096 and width >= 96 * k:
+                return "sparse"  # TopK's pairs: a fixed count, no host sync, compiled
         return "dense"
 
     def dict_kwargs(self, width: int) -> dict:
         """Architecture hyperparameters passed to the dictionary constructor."""
         if self.arch == "composed":
-            return {"recipe": self.recipe}
+            kw = {"recipe": self.recipe}
+            if self.decoder_for(width) == "sparse":
+                kw["decoder"] = "sparse"
+            return kw
+        if self.arch == "relu" and self.kind in _SINGLE and self.decoder_for(width) == "sparse":
+            return {"decoder": "sparse"}
         if self.kind == "crosscoder":
             return dict(activation=self.arch, k=self.k, k_aux=self.k_aux, aux_coef=self.aux_coef,
                         threshold_ema=self.threshold_ema)
@@ -223,6 +240,19 @@ class TrainConfig:
             return dict(bandwidth=self.bandwidth, threshold_init=self.threshold_init,
                         l0_form=self.l0_form, pre_act_coef=self.pre_act_coef)
         return {}
+
+
+def _check_sparse_recipe(c: TrainConfig) -> None:
+    """decoder="sparse" beyond TopK / BatchTopK: a single-site relu or composed dictionary
+    whose parts the sparse pair loss supports (``sae.parts.sparse.unsupported``)."""
+    if c.arch not in ("relu", "composed") or c.kind not in _SINGLE:
+        raise ConfigError(f"the sparse decoder needs arch topk, batchtopk, relu or a supported "
+                          f"recipe on a single-site kind (got arch={c.arch!r}, kind={c.kind!r}); "
+                          "use decoder='dense' or 'auto'")
+    from sae.parts import RECIPES
+    from sae.parts.sparse import check_sparse
+
+    check_sparse(c.recipe if c.arch == "composed" else RECIPES["relu"])
 
 
 def _check_crosscoder(c: TrainConfig) -> None:

@@ -148,7 +148,8 @@ def make_step(t: Trainee, group=None):
         return d.loss(x, y, LossContext(coef, dead, use_aux, progress))
 
     vg = nn.value_and_grad(d, loss_fn)
-    fuse = cfg.fuse_elementwise and not cfg.compile and adam.can_fuse()
+    eager = getattr(d, "needs_eager_step", False)  # sparse pair loss: a host sync per step
+    fuse = cfg.fuse_elementwise and (eager or not cfg.compile) and adam.can_fuse()
 
     post_update = getattr(d, "post_update", None)  # CLTs / crosscoders have none
 
@@ -174,7 +175,8 @@ def make_step(t: Trainee, group=None):
                 "l0": stats["l0"], "sparsity": stats["sparsity"], "aux": stats["aux"],
                 "grad_norm": gnorm}
 
-    if not cfg.compile or not adam.can_fuse():  # CPU compile JIT-builds with g++; none: eager
+    # CPU compile JIT-builds with g++; without one (or on the host-synced pair path): eager
+    if eager or not cfg.compile or not adam.can_fuse():
         return step
     state = [d.state, t.opt]
     return mx.compile(step, inputs=state, outputs=state)

@@ -14,12 +14,15 @@
    trainee's step (LR: warm-up then linear decay over the last ``decay_frac``;
    sparsity coefficient warm-up), then ``mx.eval`` the new state (no host reads).
 4. Every ``log_every`` steps read the metric sums, log a JSONL row, call the
-   progress callback, switch AuxK on when latents are dead, resample if asked.
+   progress callback, switch AuxK on when latents are dead (checked also every
+   dead_tokens // batch_tokens steps when that is shorter), resample if asked.
    The logged ``dead_frac`` follows ``sae.evaluate.dead_fraction``: the fraction of
    latents that fired on none of the last ``dead_window`` = min(dead_tokens, tokens
    seen) tokens (so a short run reports latents silent since the start; AuxK and
    resampling still wait for the full ``dead_tokens``).
-5. Every ``checkpoint_every`` steps write an atomic checkpoint.
+5. Every ``checkpoint_every`` steps write an atomic checkpoint; after the last step (before
+   its checkpoint) BatchTopK-style inference thresholds are set from the final weights on
+   the last batch (``_calibrate_thresholds``).
 6. Return the dictionaries folded back to raw units.
 Data parallel (``distributed``; launched with ``mlx.launch``): each rank reads its
 shard, gradients are averaged with ``all_sum``, rank 0 writes checkpoints and logs;
@@ -236,6 +239,11 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
          ckpt_every, group=None, extra=None):
     total, history = c0.steps, []
     steps = [make_step(t, group) for t in trainees]
+    # AuxK's switch is checked at least once per dead window, not only at log steps: with
+    # log_every >= the run length it never came on (a training choice must not hang on a
+    # logging cadence); deterministic in the step, so resumes agree
+    aux_every = min([c0.log_every] + [max(1, t.cfg.dead_tokens // c0.batch_tokens)
+                                      for t in trainees])
     for t in trainees:
         t.sums = {m: mx.array(0.0) for m in METRICS}
     lead = group is None or group.rank() == 0  # only rank 0 writes files
@@ -256,7 +264,9 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
                 if every and done % every == 0:
                     x, y = t.xy(_gathered(batch, group))  # same rows, same RNG on every rank
                     resample_dead(t, x, y, np.random.default_rng([c0.seed, done]))
-            if done % c0.log_every == 0 or done == total:
+            if done == total:  # before the final checkpoint, so a resume keeps it
+                _calibrate_thresholds(trainees, batch, group)
+            if done % c0.log_every == 0 or done % aux_every == 0 or done == total:
                 _switch_aux(trainees, use_aux)  # before the checkpoint, which records it
             if ckpt_dir is not None and ckpt_every and (done % ckpt_every == 0 or done == total):
                 _check_finite(trainees, step)
@@ -365,6 +375,22 @@ def _check_finite(trainees, step: int) -> None:
         if not all(bool(mx.isfinite(v).all()) for v in t.dictionary.arrays().values()):
             raise NonFiniteError(f"{t.name}: non-finite weights after step {step}; "
                                  "the last good checkpoint is kept", step)
+
+
+def _calibrate_thresholds(trainees, batch, group) -> None:
+    """End of run: a BatchTopK-style activation's inference threshold becomes the final
+    weights' own batch threshold on the last batch (mean over ranks), not the EMA, which
+    lags a threshold that falls while the encoder trains (``sae.parts.activations``, 3)."""
+    for t in trainees:
+        act = getattr(getattr(t.dictionary, "parts", None), "activation", None)
+        if not hasattr(act, "calibrate"):
+            continue
+        x, _ = t.xy(batch)
+        thr = act.calibrate(t.dictionary, t.dictionary.train_pre_acts(x))
+        if group is not None:
+            thr = mx.distributed.all_sum(thr, group=group) / float(group.size())
+        t.dictionary.threshold = thr
+        mx.eval(t.dictionary.threshold)
 
 
 def _switch_aux(trainees, use_aux) -> None:
