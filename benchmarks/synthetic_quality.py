@@ -18,7 +18,11 @@ Algorithm:
   "threshold", the inference JumpReLU each library saves (EMA threshold), and "batch",
   batch-level top k over the evaluation batch (the training activation).
   4. Score every dictionary with ``sae.synthetic.score`` on the held-out rows (MCC, F1,
-     uniqueness, shrinkage, absorption, dead, FVU); with sae_lens also its own
+     uniqueness, shrinkage, absorption, dead = silent on all of them, FVU), and count
+     ``dead_long``: the fraction of latents silent, in the threshold form, on
+     ``--dead-rows`` further held-out rows (generator batches 2e6, 2e6 + 1, ...; the
+     window a dead latent is judged on, like a training dead counter: on 16,384 rows
+     latents with rare real features read as dead); with sae_lens also its own
      ``mean_correlation_coefficient`` and ``feature_uniqueness`` on the same decoders.
      ``mcc_random_decoder`` is the chance level (a Gaussian decoder of the same width).
   5. Print one JSON line per dictionary and append them to
@@ -64,10 +68,12 @@ def _saelens_scores(decoder: np.ndarray, features: np.ndarray) -> dict:
             "saelens_uniqueness": round(feature_uniqueness(dec, feat), 5)}
 
 
-def run_saelens(arch, batches, args, steps, warm, decay, lr, x_eval, threads, group_bounds):
+def run_saelens(arch, batches, args, steps, warm, decay, lr, x_eval, threads, group_bounds,
+                x_dead=None):
     """Train SAELens's BatchTopK or Matryoshka BatchTopK (library defaults) on our batches.
 
-    Returns (W_dec, {eval form: activations in raw-decoder units}, {form: x_hat}, seconds).
+    Returns (W_dec, {eval form: activations in raw-decoder units}, {form: x_hat}, seconds,
+    dead_long: fraction of latents silent in the threshold form on every row of ``x_dead``).
     Forms: "threshold" is the inference JumpReLU SAELens saves (its EMA ``topk_threshold``
     on decoder-norm-scaled pre-activations); "batch" is batch-level top k over the
     evaluation batch (the training activation)."""
@@ -109,7 +115,23 @@ def run_saelens(arch, batches, args, steps, warm, decay, lr, x_eval, threads, gr
         for form, f in (("batch", f_batch), ("threshold", f_thr)):
             recons[form] = sl.decode(f).numpy()
             acts[form] = (f / norm).numpy() if rescale else f.numpy()
-    return w.numpy(), acts, recons, secs
+        dead_long = None
+        if x_dead is not None:
+            fired = torch.zeros(args.m, dtype=torch.bool)
+            for i in range(0, len(x_dead), 8192):
+                xc = torch.from_numpy(x_dead[i:i + 8192])
+                sc = (sl.process_sae_in(xc) @ sl.W_enc + sl.b_enc).relu() * (norm if rescale else 1)
+                fired |= (sc > sl.topk_threshold).any(0)
+            dead_long = round(1.0 - fired.float().mean().item(), 6)
+    return w.numpy(), acts, recons, secs, dead_long
+
+
+def dead_long(d, x_dead: np.ndarray) -> float:
+    """Fraction of ``d``'s latents silent in its inference form on every row of ``x_dead``."""
+    fired = np.zeros(d.width, bool)
+    for i in range(0, len(x_dead), 8192):
+        fired |= (np.array(d.encode(mx.array(x_dead[i:i + 8192]))) != 0).any(0)
+    return round(1.0 - float(fired.mean()), 6)
 
 def _group_bounds(cfg, d: int, m: int) -> list[int]:
     """Matryoshka prefix ends of our config (SAELens's ``matryoshka_widths``)."""
@@ -145,6 +167,8 @@ def main() -> None:
     p.add_argument("--train-rows", type=int, default=2 ** 18, help="distinct train rows")
     p.add_argument("--total-tokens", type=int, default=2 ** 20, help="training budget (each)")
     p.add_argument("--eval-rows", type=int, default=2 ** 14)
+    p.add_argument("--dead-rows", type=int, default=2 ** 18,
+                   help="further held-out rows for dead_long (threshold form)")
     p.add_argument("--dead-tokens", type=int, default=2 ** 18)
     p.add_argument("--lr", type=float, default=3e-3,
                    help="both libraries; 3e-3 suits the short budget (ours' default 4e-4 at "
@@ -168,9 +192,11 @@ def main() -> None:
               for i in range(0, args.train_rows, 8192)]
     x_tr = np.concatenate(chunks)
     ev = sample(truth, args.eval_rows, 10 ** 6)
+    x_dead = np.concatenate([sample(truth, min(8192, args.dead_rows - i), 2 * 10 ** 6 + i // 8192,
+                                    return_codes=False).x for i in range(0, args.dead_rows, 8192)])
     gen_s = time.perf_counter() - t0
     s = float(np.sqrt(c.d) / np.linalg.norm(x_tr, axis=1).mean())
-    x_tr, x_ev, codes = x_tr * s, ev.x * s, ev.codes * s
+    x_tr, x_ev, codes, x_dead = x_tr * s, ev.x * s, ev.codes * s, x_dead * s
     pairs = truth.hierarchy_pairs
     # Chance level: a Gaussian random decoder of the same width.
     rand = np.random.default_rng(args.seed).standard_normal((args.m, c.d))
@@ -178,6 +204,7 @@ def main() -> None:
               "n_features": c.n_features, "true_l0": c.mean_l0, "m": args.m, "k": args.k,
               "batch": args.batch, "total_tokens": args.total_tokens,
               "train_rows": args.train_rows, "eval_rows": args.eval_rows,
+              "dead_rows": args.dead_rows,
               "scale_down": args.scale_down,
               "generate_s": round(gen_s, 1),
               "mcc_random_decoder": round(mcc(truth.directions, rand), 5)}
@@ -191,12 +218,14 @@ def main() -> None:
         d = train(src, cfg, distributed=False).dictionaries[0]
         secs = time.perf_counter() - t0
         w = np.array(d.W_dec)
+        dl = dead_long(d, x_dead)
         for form, f in _our_forms(d, x_ev, args.k).items():
             x_hat = np.array(d.decode(mx.array(f)))
             r = score(w, truth.directions, f, codes, x=x_ev, x_hat=x_hat, hierarchy_pairs=pairs)
             rows.append({**common, "library": "ours", "arch": arch, "eval": form, **r.summary(),
                          **_saelens_scores(w, truth.directions), "train_s": round(secs, 1),
-                         "steps": cfg.steps, "lr": cfg.lr_for(args.m)})
+                         "steps": cfg.steps, "lr": cfg.lr_for(args.m),
+                         "dead_long": dl if form == "threshold" else None})
             emit(rows[-1])
     if not args.no_saelens:
         try:
@@ -213,8 +242,8 @@ def main() -> None:
             # the very batches (same order) our trainer consumed
             batches = (b[SITE] for b in src.batches(args.batch, args.seed))
             bounds = _group_bounds(cfg, c.d, args.m)
-            w, acts, recons, secs = run_saelens(arch, batches, args, steps, warm, decay, lr,
-                                                x_ev, args.torch_threads, bounds)
+            w, acts, recons, secs, dl = run_saelens(arch, batches, args, steps, warm, decay, lr,
+                                                    x_ev, args.torch_threads, bounds, x_dead)
             for form in ("threshold", "batch"):
                 r = score(w, truth.directions, acts[form], codes, x=x_ev, x_hat=recons[form],
                           hierarchy_pairs=pairs)
@@ -222,6 +251,7 @@ def main() -> None:
                              **r.summary(), **_saelens_scores(w, truth.directions),
                              "train_s": round(secs, 1), "steps": steps, "lr": lr,
                              "torch_threads": args.torch_threads,
+                             "dead_long": dl if form == "threshold" else None,
                              "sae_lens": sae_lens.__version__})
                 emit(rows[-1])
 

@@ -4,8 +4,10 @@ Algorithm:
   1. Synthetic (``DataSpec.source == "synthetic"``): draw the truth of the spec's
      ``SyntheticConfig`` (``sae.synthetic.make_truth``); generate ``train_rows`` training
      rows (generator batches 0, 1, ...) and ``eval_rows`` held-out rows with their true
-     codes (generator batch ``EVAL_BATCH``, far from any training batch). Training cycles
-     through the rows with ``ArraySource`` (a fresh permutation per epoch).
+     codes (generator batch ``EVAL_BATCH``, far from any training batch), and
+     ``dead_rows`` further held-out rows for the dead-latent count (generator batches
+     ``DEAD_BATCH``, ``DEAD_BATCH + 1``, ...; streamed, never held whole with codes).
+     Training cycles through the rows with ``ArraySource`` (a fresh permutation per epoch).
   2. Model: load the model (a shipped organism name or a directory), read the corpus the
      way ``circuits train`` does, harvest the spec's sites once into memory; evaluation
      uses ``eval_docs`` other documents (``circuits.pipeline.dictionaries.
@@ -28,6 +30,8 @@ from circuits.sweep.grid import SITE, DataSpec
 
 EVAL_BATCH = 10 ** 6
 """Generator batch index of the held-out synthetic rows (training uses 0, 1, ...)."""
+DEAD_BATCH = 2 * 10 ** 6
+"""First generator batch index of the dead-count rows (``_GEN_BATCH`` rows per index)."""
 _GEN_BATCH = 8192
 
 
@@ -56,6 +60,16 @@ class SweepData:
         from sae.synthetic import sample
 
         return sample(self.truth, self.spec.eval_rows, EVAL_BATCH)
+
+    @cached_property
+    def dead_rows(self) -> np.ndarray:
+        """[dead_rows, d] float32 held-out rows for the dead-latent count (synthetic only)."""
+        from sae.synthetic import sample
+
+        n = self.spec.dead_rows
+        return np.concatenate([sample(self.truth, min(_GEN_BATCH, n - b), DEAD_BATCH + i,
+                                      return_codes=False).x
+                               for i, b in enumerate(range(0, n, _GEN_BATCH))])
 
     # ----------------------------------------------------------------- model ----
     @cached_property

@@ -8,6 +8,7 @@ Grid format (every table optional except ``[data]`` and ``axes.arch``)::
     preset = "cpu"                      # synthetic: cpu | synth_sae_bench_16k
     train_rows = 131072                 # synthetic: distinct training rows (cycled)
     eval_rows = 8192                    # held-out rows scored per run
+    dead_rows = 262144                  # held-out rows a latent must fire on once to be alive
     [data.config]                       # synthetic: SyntheticConfig field overrides
     n_features = 4096
     # model: model = "ioi" (a shipped organism) or a model directory; sites = ["L1.resid_post"];
@@ -63,7 +64,7 @@ SITE = "L0.resid_post"
 SYNTHETIC_PRESETS = ("cpu", "synth_sae_bench_16k")
 """Synthetic presets (``sae.synthetic.cpu_preset`` / ``synth_sae_bench_16k_preset``)."""
 _TOP_KEYS = ("name", "data", "train", "axes", "sparsity", "output")
-_DATA_KEYS = {"synthetic": ("source", "preset", "config", "train_rows", "eval_rows"),
+_DATA_KEYS = {"synthetic": ("source", "preset", "config", "train_rows", "eval_rows", "dead_rows"),
               "model": ("source", "model", "sites", "corpus", "n_docs", "eval_docs")}
 _OUTPUT_KEYS = ("save_dictionaries", "checkpoint_every")
 _COUNT_FIELDS = ("width", "k", "total_tokens", "batch_tokens")
@@ -87,6 +88,11 @@ class DataSpec:
     """Synthetic: distinct training rows generated once and cycled through."""
     eval_rows: int = 8192
     """Synthetic: held-out rows scored per run (model sweeps evaluate ``eval_docs``)."""
+    dead_rows: int = 2 ** 18
+    """Synthetic: further held-out rows over which ``dead_frac`` is counted (a latent that
+    fires on none of them is dead). A long window, like the training dead counters' (Gao et
+    al.: 10M tokens): on the 8,192 scored rows, latents with rare but real features (firing
+    rate ~1e-4) read as dead. 2^18 rows see the CPU preset's rarest true feature ~180 times."""
     model: str = "ioi"
     """Model: a shipped organism name or a model directory."""
     sites: tuple = ()
@@ -103,7 +109,7 @@ class DataSpec:
         rec = {"source": self.source}
         if self.source == "synthetic":
             rec.update(preset=self.preset, config=dict(self.config), train_rows=self.train_rows,
-                       eval_rows=self.eval_rows)
+                       eval_rows=self.eval_rows, dead_rows=self.dead_rows)
         else:
             rec.update(model=self.model, sites=list(self.sites), corpus=self.corpus,
                        n_docs=self.n_docs, eval_docs=self.eval_docs)
@@ -225,7 +231,8 @@ def parse_data(t: dict) -> DataSpec:
         _check_keys(over, valid, "[data.config]")
         spec = DataSpec(source, preset=preset, config=tuple(sorted(over.items())),
                         train_rows=_count(t.get("train_rows", 2 ** 17), "[data] train_rows"),
-                        eval_rows=_count(t.get("eval_rows", 8192), "[data] eval_rows"))
+                        eval_rows=_count(t.get("eval_rows", 8192), "[data] eval_rows"),
+                        dead_rows=_count(t.get("dead_rows", 2 ** 18), "[data] dead_rows"))
         try:
             spec.synthetic_config()
         except (ValueError, TypeError) as exc:

@@ -16,8 +16,9 @@ import io
 import math
 from pathlib import Path
 
-COLUMNS = ("l0", "fvu", "dead_frac", "mcc", "f1", "precision", "recall", "uniqueness",
-           "shrinkage", "absorption", "ce_recovered", "kl_spliced", "tokens_per_s", "train_s")
+COLUMNS = ("l0", "fvu", "dead_frac", "silent_eval_frac", "mcc", "f1", "precision", "recall",
+           "uniqueness", "shrinkage", "absorption", "ce_recovered", "kl_spliced", "tokens_per_s",
+           "train_s")
 """Metric columns, in order (absent ones are left out)."""
 
 

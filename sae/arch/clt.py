@@ -86,6 +86,15 @@ class CrossLayerTranscoder(nn.Module):
         shp = pre.shape
         return topk_relu(pre.reshape(*shp[:-2], -1), self.hparams["k"]).reshape(shp)
 
+    def calibrate_threshold(self, xs):
+        """batchtopk: the current weights' batch threshold (joint over layers) on one training
+        batch ``xs`` (the trainer's end-of-run inference threshold: the EMA lags a falling
+        threshold); else None."""
+        if self.hparams["activation"] != "batchtopk":
+            return None
+        pre = self.pre_acts(xs)
+        return mx.stop_gradient(batch_topk(pre.reshape(pre.shape[0], -1), self.hparams["k"])[1])
+
     def encode(self, xs: Sequence[mx.array]) -> mx.array:
         return self.activation(self.pre_acts(xs))
 

@@ -143,6 +143,14 @@ class Crosscoder(nn.Module):
             return f, {"batch_threshold": thr}
         return self.activation(pre), {}
 
+    def calibrate_threshold(self, xs):
+        """batchtopk: the current weights' batch threshold on one training batch ``xs`` (the
+        trainer's end-of-run inference threshold: the EMA lags a falling threshold); else
+        None."""
+        if self.hparams["activation"] != "batchtopk":
+            return None
+        return mx.stop_gradient(batch_topk(self.pre_acts(xs), self.hparams["k"])[1])
+
     def encode(self, xs) -> mx.array:
         return self.activation(self.pre_acts(xs))
 

@@ -378,15 +378,21 @@ def _check_finite(trainees, step: int) -> None:
 
 
 def _calibrate_thresholds(trainees, batch, group) -> None:
-    """End of run: a BatchTopK-style activation's inference threshold becomes the final
-    weights' own batch threshold on the last batch (mean over ranks), not the EMA, which
-    lags a threshold that falls while the encoder trains (``sae.parts.activations``, 3)."""
+    """End of run: a BatchTopK-style activation's inference threshold (single-site, CLT or
+    crosscoder) becomes the final weights' own batch threshold on the last batch (mean over
+    ranks), not the EMA, which lags a threshold that falls while the encoder trains
+    (``sae.parts.activations``, 3)."""
     for t in trainees:
-        act = getattr(getattr(t.dictionary, "parts", None), "activation", None)
-        if not hasattr(act, "calibrate"):
-            continue
         x, _ = t.xy(batch)
-        thr = act.calibrate(t.dictionary, t.dictionary.train_pre_acts(x))
+        act = getattr(getattr(t.dictionary, "parts", None), "activation", None)
+        if hasattr(act, "calibrate"):  # single-site dictionaries built from parts
+            thr = act.calibrate(t.dictionary, t.dictionary.train_pre_acts(x))
+        elif hasattr(t.dictionary, "calibrate_threshold"):  # CLTs and crosscoders
+            thr = t.dictionary.calibrate_threshold(x)
+        else:
+            thr = None
+        if thr is None:
+            continue
         if group is not None:
             thr = mx.distributed.all_sum(thr, group=group) / float(group.size())
         t.dictionary.threshold = thr

@@ -23,6 +23,7 @@ from circuits.sweep.grid import load_grid
 TINY = {
     "name": "tiny",
     "data": {"source": "synthetic", "preset": "cpu", "train_rows": 2048, "eval_rows": 1024,
+             "dead_rows": 12288,
              "config": {"d": 32, "n_features": 96, "mean_l0": 4.0, "n_parents": 6,
                         "children_per_parent": 2, "correlation_rank": 4}},
     "train": {"total_tokens": 256 * 80, "batch_tokens": 256, "lr": 3e-3, "log_every": 10,
@@ -121,6 +122,7 @@ def test_run_ids_are_stable_and_change_only_with_the_run():
     (dict(axes__k=[200]), "k=200"),  # k above the width
     (dict(data__source="files"), "source"),
     (dict(data__bogus=1), "bogus"),
+    (dict(data__dead_rows=0), "dead_rows"),
     (dict(data__config={"bogus": 1}), "bogus"),
     (dict(data__preset="huge"), "preset"),
     (dict(sparsity__relu=[1.0]), "relu"),  # relu is not in the arch axis
@@ -242,6 +244,13 @@ def test_recorded_metrics_equal_a_recomputation_from_the_saved_dictionary(tiny_s
                    @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T)
         i, j = linear_sum_assignment(-c)
         assert rec["mcc"] == pytest.approx(c[i, j].mean(), rel=1e-6)
+        # dead: silent on every one of the dead-count rows (generator batches 2e6, 2e6 + 1)
+        fired = np.zeros(d.width, bool)
+        for b, n in ((0, 8192), (1, 4096)):
+            fired |= (np.array(d.encode(mx.array(sample(truth, n, 2 * 10 ** 6 + b).x))) != 0).any(0)
+        assert rec["dead_frac"] == pytest.approx(1 - fired.mean(), abs=1e-12)
+        assert rec["silent_eval_frac"] == pytest.approx(1 - (np.array(f) != 0).any(0).mean(),
+                                                        abs=1e-12)
 
 
 class _Stop(Exception):
@@ -372,6 +381,17 @@ def test_model_sweep_records_ce_recovered_and_kl(tmp_path):
     assert set(rec["per_site"]) == {next(iter(rec["per_site"]))}
     assert (tmp_path / "out" / "figures" / "l0_ce_recovered.svg").is_file()
     assert not (tmp_path / "out" / "figures" / "l0_mcc.svg").exists()
+    # dead: silent on every harvested training token (recomputed from the saved dictionary)
+    import mlx.core as mx
+
+    from circuits.sweep.data import SweepData
+    from sae import load_dictionaries
+
+    (d,) = load_dictionaries(tmp_path / "out" / "runs" / rec["id"] / "dictionary").values()
+    x = SweepData(grid.data).source.arrays[d.in_site]
+    fired = (np.array(d.encode(mx.array(x))) != 0).any(0)
+    assert rec["dead_frac"] == pytest.approx(1 - fired.mean(), abs=1e-12)
+    assert rec["silent_eval_frac"] is not None and 0 <= rec["silent_eval_frac"] <= 1
 
 
 def test_named_recipes_sweep_without_code_change(tmp_path):
@@ -422,3 +442,22 @@ def test_cli_ctrl_c_keeps_finished_runs_and_says_so(tmp_path, capsys, monkeypatc
     assert main(["--json", "sweep", str(p), "--out", str(out)]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(rec["skipped"]) == 1 and len(rec["trained"]) == 3 and rec["finished"] == 4
+
+
+def test_dead_fraction_counts_a_latent_alive_if_it_fires_once_in_any_chunk():
+    import mlx.core as mx
+
+    from circuits.sweep.metrics import dead_fraction
+
+    class Thresh:  # latent j fires on a row whose coordinate j exceeds 0.5
+        width = 4
+
+        def encode(self, x):
+            return mx.where(x > 0.5, x, 0.0)
+
+    rows = np.zeros((20000, 4), np.float32)
+    rows[19999, 1] = 1.0  # latent 1 fires once, in the last (partial) chunk
+    rows[3, 2] = 0.7      # latent 2 fires once, in the first chunk
+    rows[:, 3] = 0.5      # latent 3 sits at the threshold and never fires
+    assert dead_fraction(Thresh(), rows, chunk=8192) == pytest.approx(0.5)
+    assert dead_fraction(Thresh(), rows[:19999], chunk=8192) == pytest.approx(0.75)

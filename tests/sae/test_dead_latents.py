@@ -6,6 +6,7 @@
    (brute-force order statistic), and the inference JumpReLU fires ~k latents per held-out
    row on a synthetic run whose batch thresholds fall steeply; the old estimator (EMA at
    0.01) fires far fewer.
+   The same end-of-run calibration holds for CLT and crosscoder BatchTopK (brute force).
 3. AuxK's switch does not hang on the logging cadence: a run logging once (log_every past
    the end) trains exactly like one logging every dead window, and AuxK ran in it.
 """
@@ -117,3 +118,27 @@ def test_auxk_switch_does_not_depend_on_log_every():
     for k, v in every.dictionaries[0].arrays().items():
         np.testing.assert_array_equal(np.array(once.dictionaries[0].arrays()[k]), np.array(v),
                                       err_msg=k)
+
+
+def test_clt_and_crosscoder_batchtopk_thresholds_are_calibrated_at_the_end():
+    # rows == batch_tokens: every batch, the last included, is the whole array (permuted), so
+    # the brute-force order statistic over all rows is the calibrated threshold
+    sites = (Site(0, "resid_post"), Site(1, "resid_post"))
+    ins, outs = (Site(0, "mlp_in"), Site(1, "mlp_in")), (Site(0, "mlp_out"), Site(1, "mlp_out"))
+    rng = np.random.default_rng(0)
+    base = sparse_features(256, 16, 48, active=3, seed=2).x
+    arrays = {s: base @ rng.standard_normal((16, 16)).astype(np.float32)
+              for s in sites + ins + outs}
+    B, k = 256, 3
+    for kind, cfg_sites, xs in (("crosscoder", sites, [arrays[s] for s in sites]),
+                                ("clt", ins, [arrays[s] for s in ins])):
+        cfg = TrainConfig(kind=kind, arch="batchtopk", sites=cfg_sites, width=32, k=k,
+                          batch_tokens=B, total_tokens=B * 40, lr=3e-3, warmup_steps=5,
+                          log_every=10)
+        d = train(ArraySource(arrays), cfg, distributed=False).dictionaries[0]
+        pre = np.array(d.pre_acts([mx.array(x) for x in xs])).reshape(B, -1)
+        kth = np.sort(np.maximum(pre, 0).ravel())[::-1][k * B - 1]
+        theta = float(np.array(d.threshold))
+        assert np.isclose(theta, kth, rtol=1e-4), (kind, theta, kth)
+        f = np.array(d.encode([mx.array(x) for x in xs])).reshape(B, -1)
+        assert abs((f != 0).sum() - (k * B - 1)) <= 2, kind  # all but the k·B-th (ties aside)
