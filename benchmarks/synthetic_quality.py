@@ -46,6 +46,7 @@ import attribution  # noqa: F401  (must come first: loads the optimised BLAS bef
 import mlx.core as mx
 import numpy as np
 from attribution import Site
+from circuits.sweep.metrics import dead_fraction
 from sae import ArraySource, TrainConfig, train
 from sae.arch import MatryoshkaDictionary
 from sae.ops import batch_topk
@@ -125,13 +126,6 @@ def run_saelens(arch, batches, args, steps, warm, decay, lr, x_eval, threads, gr
             dead_long = round(1.0 - fired.float().mean().item(), 6)
     return w.numpy(), acts, recons, secs, dead_long
 
-
-def dead_long(d, x_dead: np.ndarray) -> float:
-    """Fraction of ``d``'s latents silent in its inference form on every row of ``x_dead``."""
-    fired = np.zeros(d.width, bool)
-    for i in range(0, len(x_dead), 8192):
-        fired |= (np.array(d.encode(mx.array(x_dead[i:i + 8192]))) != 0).any(0)
-    return round(1.0 - float(fired.mean()), 6)
 
 def _group_bounds(cfg, d: int, m: int) -> list[int]:
     """Matryoshka prefix ends of our config (SAELens's ``matryoshka_widths``)."""
@@ -218,7 +212,7 @@ def main() -> None:
         d = train(src, cfg, distributed=False).dictionaries[0]
         secs = time.perf_counter() - t0
         w = np.array(d.W_dec)
-        dl = dead_long(d, x_dead)
+        dl = round(dead_fraction(d, x_dead), 6)  # inference form, as the sweeps count
         for form, f in _our_forms(d, x_ev, args.k).items():
             x_hat = np.array(d.decode(mx.array(f)))
             r = score(w, truth.directions, f, codes, x=x_ev, x_hat=x_hat, hierarchy_pairs=pairs)
