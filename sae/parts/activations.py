@@ -210,25 +210,28 @@ def _rect(u):
     return (mx.abs(u) < 0.5).astype(u.dtype)
 
 
-def prolu(m: mx.array, b: mx.array, grad: str = "relu", eps: float = 1.0) -> mx.array:
-    """ReLU(m) * 1[m + b > 0] with a synthetic gradient for b (module docstring, 6)."""
+def prolu(pre: mx.array, b: mx.array, grad: str = "relu", eps: float = 1.0) -> mx.array:
+    """ReLU(m) * 1[pre > 0], m = pre - b, with a synthetic gradient for b (module docstring,
+    6). ``pre`` includes b (the encoder's output): the VJP returns b's gradient net of
+    what reaches it through ``pre`` (synthetic - d/dm), which for "relu" is exactly 0, so
+    no [batch, width] reduction runs for it (the encoder's bias reduction gives it all)."""
 
     @mx.custom_function
-    def f(m, b):
-        return m * ((m > 0) & (m + b > 0)).astype(m.dtype)
+    def f(pre, b):
+        m = pre - b
+        return m * ((m > 0) & (pre > 0)).astype(m.dtype)
 
     @f.vjp
     def f_vjp(primals, cotangent, output):
-        m, b = primals
-        gate = ((m > 0) & (m + b > 0)).astype(m.dtype)
-        gm = cotangent * gate
-        if grad == "relu":
-            gb = cotangent * gate
-        else:
-            gb = cotangent * m * (m > 0).astype(m.dtype) * _rect((m + b) / eps) / eps
-        return gm, gb.reshape(-1, *b.shape).sum(axis=0)
+        pre, b = primals
+        m = pre - b
+        gm = cotangent * ((m > 0) & (pre > 0)).astype(m.dtype)
+        if grad == "relu":  # synthetic d/db = 1[gate] = d/dm: they cancel
+            return gm, mx.zeros_like(b)
+        gb = cotangent * m * (m > 0).astype(m.dtype) * _rect(pre / eps) / eps
+        return gm, (gb - gm).reshape(-1, *b.shape).sum(axis=0)
 
-    return f(m, b)
+    return f(pre, b)
 
 
 @register("activation", "prolu")
@@ -250,7 +253,7 @@ class ProLU(ReLU):
             raise ConfigError("prolu needs an affine encoder (its bias is the gate)")
 
     def train(self, d, pre):
-        return prolu(pre - d.b_enc, d.b_enc, self.grad, self.bandwidth), {}
+        return prolu(pre, d.b_enc, self.grad, self.bandwidth), {}
 
     def protocol_pre(self, d, pre):
         return pre - d.b_enc  # m: inference is the JumpReLU m * 1[m > max(-b, 0)]

@@ -167,9 +167,11 @@ class ComposedDictionary(Dictionary):
         recon, mse, y_hat = self.parts.decoder.recon(self, x, y, f)
         sp = self.sparsity(f, pre, ctx)
         aux = self.aux_loss(x, y, pre, f, y_hat, ctx)
-        active = f > 0
-        stats = dict(stats, mse=mse, sparsity=sp, aux=aux,
-                     l0=active.sum(axis=-1).astype(mx.float32).mean(), fired=active.any(axis=0))
+        # one reduction over [batch, width] gives both: firings per latent -> fired, and
+        # their total / batch -> l0 (exact: integer counts)
+        hits = (f > 0).astype(mx.float32).sum(axis=0)
+        stats = dict(stats, mse=mse, sparsity=sp, aux=aux, l0=hits.sum() / f.shape[0],
+                     fired=hits > 0)
         return recon + ctx.sparsity_coef * sp + aux, stats
 
     # ---- initialisation, units, export ---------------------------------------------------

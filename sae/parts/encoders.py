@@ -76,14 +76,19 @@ class DeepEncoder(LinearEncoder):
             setattr(d, f"b_h{i}", mx.zeros((dims[i + 1],)))
         d.W_out = mx.zeros((self.hidden, d.width))
 
-    def mlp(self, d, h: mx.array) -> mx.array:
+    def hidden_out(self, d, h: mx.array) -> mx.array:
+        """The last hidden layer [..., hidden] (what W_out reads)."""
         for i in range(self.depth):
             h = mx.maximum(mx.addmm(getattr(d, f"b_h{i}"), h, getattr(d, f"W_h{i}")), 0)
-        return h @ d.W_out
+        return h
+
+    def mlp(self, d, h: mx.array) -> mx.array:
+        return self.hidden_out(d, h) @ d.W_out
 
     def pre_acts(self, d, x):
         h = _input(d, x)
-        return mx.addmm(d.b_enc, h, d.enc_weight()) + self.mlp(d, h)
+        # addmm accumulates the second GEMM into the first's output: no extra [.., width] add
+        return mx.addmm(mx.addmm(d.b_enc, h, d.enc_weight()), self.hidden_out(d, h), d.W_out)
 
     def train_pre_acts(self, d, x):
         return self.pre_acts(d, x)

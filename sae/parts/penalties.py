@@ -13,6 +13,11 @@ by shrinking f and growing the decoder (Anthropic April 2024). rho per penalty:
    ``pre_grad`` also d/dpre := +(1/eps) K(...) (needed when theta is not learned).
 7. ``none``: 0 (the TopK family controls sparsity with k).
 eps keeps the gradient of the concave penalties finite at a = 0.
+The concave and smooth penalties (2-5) give rho and, optionally, ``drho(u, r)``: the derivative
+written with r = rho(u) (sqrt: 1 / (2 (r + sqrt(eps))); lp: p (r + eps^p) / (u + eps);
+tanh: c (1 - r^2); cauchy: 2u / (scale^2 + u^2)), so the backward pass over [batch, width]
+repeats no pow / log / tanh; both run on two CPU streams (``sae.ops.map_rows``). A part
+without ``drho`` is differentiated by MLX.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from sae.errors import ConfigError
-from sae.ops import heaviside
+from sae.ops import heaviside, map_rows
 from sae.parts.base import Part, zero
 from sae.parts.registry import register
 
@@ -49,10 +54,21 @@ class _Elementwise(Part):
         return mx.abs(a) * d.decoder_norms() if self.weighted else mx.abs(a)
 
     def rho(self, u, ctx):
+        """rho at every entry of u >= 0 (rho(0) = 0)."""
         raise NotImplementedError
 
+    drho = None
+    """Optional ``drho(u, r, ctx)``: d rho / du from u and r = rho(u) (module docstring)."""
+    costly = True
+    """rho is a transcendental function worth splitting over CPU streams (``map_rows``)."""
+
+    def per_entry(self, d, u, ctx):
+        """rho(u) at every entry (also the sparse pair path's penalty, on [P] arrays)."""
+        dfn = None if self.drho is None else (lambda v, r: self.drho(v, r, ctx))
+        return map_rows(lambda v: self.rho(v, ctx), dfn, u, split=2 if self.costly else 1)
+
     def __call__(self, d, a, pre, ctx):
-        return self.rho(self.scaled(d, a), ctx).sum(-1).mean()
+        return self.per_entry(d, self.scaled(d, a), ctx).sum(-1).mean()
 
 
 @register("penalty", "l1")
@@ -83,6 +99,11 @@ class SqrtL1(_Elementwise):
     def rho(self, u, ctx):
         return mx.sqrt(u + self.eps) - self.eps ** 0.5
 
+    costly = False  # sqrt is one vector instruction: fused with its neighbours, unsplit
+
+    def drho(self, u, r, ctx):
+        return 0.5 / (r + self.eps ** 0.5)
+
 
 @register("penalty", "lp")
 @dataclass(frozen=True)
@@ -104,10 +125,11 @@ class Lp(_Elementwise):
         s = d.parts.schedule.value(progress)
         return self.p_start + (self.p_end - self.p_start) * s
 
-    def __call__(self, d, a, pre, ctx):
+    def per_entry(self, d, u, ctx):
         p = self.p(d, ctx.progress)
-        u = self.scaled(d, a)
-        return (mx.power(u + self.eps, p) - mx.power(mx.array(self.eps), p)).sum(-1).mean()
+        ep = mx.power(mx.array(self.eps), p)
+        return map_rows(lambda v: mx.power(v + self.eps, p) - ep,
+                        lambda v, r: p * (r + ep) / (v + self.eps), u)
 
 
 @register("penalty", "tanh")
@@ -122,6 +144,9 @@ class Tanh(_Elementwise):
 
     def rho(self, u, ctx):
         return mx.tanh(self.scale * u)
+
+    def drho(self, u, r, ctx):
+        return self.scale * (1 - mx.square(r))
 
 
 @register("penalty", "cauchy")
@@ -138,6 +163,9 @@ class Cauchy(_Elementwise):
 
     def rho(self, u, ctx):
         return mx.log1p(mx.square(u / self.scale))
+
+    def drho(self, u, r, ctx):
+        return 2 * u / (self.scale ** 2 + mx.square(u))
 
 
 def step_ste(z: mx.array, theta: mx.array, eps: float) -> mx.array:

@@ -81,7 +81,7 @@ def _pair_vals(d, pre_p, lat):
         from sae.parts.activations import prolu
 
         b = d.b_enc[lat]
-        return prolu(pre_p - b, b, act.grad, act.bandwidth)
+        return prolu(pre_p, b, act.grad, act.bandwidth)
     return mx.maximum(pre_p, 0)
 
 
@@ -94,23 +94,15 @@ def _pair_penalty(d, vals, lat, n_tok: int, ctx):
         u = u * d.decoder_norms()[lat]
     if pen.name == "l1":
         return u.sum() / n_tok
-    if pen.name == "lp":
-        p = pen.p(d, ctx.progress)
-        r = mx.power(u + pen.eps, p) - mx.power(mx.array(pen.eps), p)
-    else:
-        r = pen.rho(u, ctx)
-    return r.sum() / n_tok
+    return pen.per_entry(d, u, ctx).sum() / n_tok
 
 
 def _deep_parts(d, x):
     """(h = encoder input, last hidden layer, dense pre) of the deep encoder, differentiable:
     pre = h W_enc + b_enc + hid W_out (``sae.parts.encoders.DeepEncoder``)."""
-    enc = d.parts.encoder
     h = x - d.b_dec if d.apply_b_dec_to_input else x
-    hid = h
-    for i in range(enc.depth):
-        hid = mx.maximum(mx.addmm(getattr(d, f"b_h{i}"), hid, getattr(d, f"W_h{i}")), 0)
-    return h, hid, mx.addmm(d.b_enc, h, d.enc_weight()) + hid @ d.W_out
+    hid = d.parts.encoder.hidden_out(d, h)
+    return h, hid, mx.addmm(mx.addmm(d.b_enc, h, d.enc_weight()), hid, d.W_out)
 
 
 def sparse_loss(d, x: mx.array, y: mx.array, ctx, max_density: float | None = None):

@@ -345,3 +345,27 @@ def test_penalty_values_match_formulas(name, params, rho):
     got = float(d.parts.penalty(d, mx.array(a), mx.array(a), LossContext(1.0, None)))
     u = a * np.linalg.norm(np.array(d.W_dec), axis=1)
     assert got == pytest.approx(rho(u).sum(-1).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(512, 256), (1 << 17,)])  # [batch, width] / sparse [P]
+@pytest.mark.parametrize("name,value,deriv", [
+    ("sqrt_l1", lambda u: np.sqrt(u + 1e-4) - 1e-2, lambda u: 0.5 / np.sqrt(u + 1e-4)),
+    ("lp_anneal", lambda u: (u + 1e-4) ** 0.75 - 1e-4 ** 0.75,  # p = 0.75 at progress 0.5
+     lambda u: 0.75 * (u + 1e-4) ** -0.25),
+    ("cauchy", lambda u: np.log1p((u / 0.1) ** 2),
+     lambda u: (2 * u / 0.01) / (1 + (u / 0.1) ** 2)),
+    ("tanh", lambda u: np.tanh(4 * u), lambda u: 4 / np.cosh(4 * u) ** 2),
+])
+def test_penalty_rows_split_and_derivative_from_output(name, value, deriv, shape):
+    # Big enough for sae.ops.map_rows to split rows over two CPU streams, compiled as in
+    # training; the custom VJP's drho(u, rho(u)) against the formula's own derivative.
+    recipe = Recipe(penalty="tanh") if name == "tanh" else RECIPES[name]
+    d = ComposedDictionary(4, 6, recipe=recipe)
+    pen = d.parts.penalty
+    ctx = LossContext(1.0, None, False, mx.array(0.5))
+    u64 = RNG.uniform(0, 3, size=shape) * (RNG.uniform(size=shape) > 0.3)
+    w64 = RNG.normal(size=shape)
+    u, w = mx.array(u64.astype(np.float32)), mx.array(w64.astype(np.float32))
+    val, g = mx.compile(mx.value_and_grad(lambda v: (pen.per_entry(d, v, ctx) * w).sum()))(u)
+    assert float(val) == pytest.approx(float((value(u64) * w64).sum()), rel=2e-4, abs=1e-2)
+    np.testing.assert_allclose(np.array(g), deriv(u64) * w64, rtol=2e-4, atol=1e-5)
