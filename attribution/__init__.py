@@ -8,6 +8,8 @@ from attribution import _blas
 
 _blas.preload()
 
+from attribution._blas import set_threads as set_blas_threads  # noqa: E402
+
 from attribution.errors import (
     AttributionError,
     ContextLengthError,
@@ -116,6 +118,7 @@ __all__ = [
     "model_identity",
     "node_scores",
     "run",
+    "set_blas_threads",
     "site_grads",
     "steer",
 ]

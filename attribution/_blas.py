@@ -169,3 +169,29 @@ def decide(*, linux: bool, disabled: bool, mapped: str | None, mlx_imported: boo
 def state() -> BlasState:
     """The recorded state (runs ``preload`` if nothing ran yet)."""
     return preload()
+
+
+_THREAD_SYMBOLS = (("openblas_get_num_threads", "openblas_set_num_threads"),
+                   ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads"))
+
+
+def set_threads(n: int) -> int | None:
+    """Set the preloaded BLAS's thread count to ``n``; returns the previous count, or None
+    (and changes nothing) when no preloaded OpenBLAS / MKL offers the control.
+
+    Why: two MLX CPU streams that each run a GEMM on a multi-threaded OpenBLAS contend
+    for one thread pool (measured: no faster than one stream); with one BLAS thread each,
+    the two streams use both cores (``sae.train``'s split step)."""
+    lib = state().library
+    if lib is None:
+        return None
+    try:
+        handle = ctypes.CDLL(lib)  # already mapped: the same handle MLX's symbols bind to
+    except OSError:
+        return None
+    for get, put in _THREAD_SYMBOLS:
+        if hasattr(handle, get) and hasattr(handle, put):
+            prev = int(getattr(handle, get)())
+            getattr(handle, put)(ctypes.c_int(int(n)))
+            return prev
+    return None

@@ -21,6 +21,8 @@
    function), both run on row blocks over two CPU streams: MLX's elementwise CPU
    kernels are single-threaded, and over [batch, width] the concave penalties' pow / log
    were a third of a training step.
+6. ``row_penalty``: the dense penalty's per-row sums of fn(|a| s) in one pass that also
+   writes the derivative g = dfn(u, r), so the backward pass reads g alone.
 """
 
 from __future__ import annotations
@@ -34,16 +36,21 @@ _OWNER: list = []  # the thread that created _STREAMS (held, so no later thread 
 _TINY = 1.1754944e-38  # smallest normal float32
 
 
-def _cpu_streams(n: int) -> list | None:
+def cpu_streams(n: int) -> list | None:
     """``n`` extra CPU streams, or None when called from another thread than the one that
     made them: MLX streams are thread-local ("There is no Stream(cpu, i) in current
     thread" elsewhere), and making streams per thread would grow MLX's threads with
-    every thread of a server. Callers then run on the default stream (same result)."""
+    every thread of a server. Callers then run on the default stream (same result).
+    Also None inside a block already running on one of these streams (the trainer's split
+    step, ``sae.train.trainee.split_value_and_grad``): the blocks already fill the cores,
+    and a nested split would make each block wait on the other's stream."""
     # Created lazily (no work at import); reused so MLX does not grow threads.
     me = threading.current_thread()
     if not _OWNER:
         _OWNER.append(me)
     elif _OWNER[0] is not me:
+        return None
+    if _STREAMS and mx.default_stream(mx.default_device()) in _STREAMS:
         return None
     while len(_STREAMS) < n:
         _STREAMS.append(mx.new_stream(mx.default_device()))
@@ -54,7 +61,7 @@ def _by_rows(fn, *arrays, split: int = 2, min_size: int = 1 << 16):
     """fn(*arrays) for same-shaped arrays, computed on row blocks over ``split`` CPU
     streams and concatenated (small arrays, other devices and other threads: one call)."""
     a = arrays[0]
-    streams = (_cpu_streams(split) if split > 1 and a.ndim >= 1 and a.size >= min_size
+    streams = (cpu_streams(split) if split > 1 and a.ndim >= 1 and a.size >= min_size
                and a.shape[0] >= 2 * split and mx.default_device() == mx.cpu else None)
     if streams is None:
         return fn(*arrays)
@@ -64,6 +71,8 @@ def _by_rows(fn, *arrays, split: int = 2, min_size: int = 1 << 16):
     for s, e, st in zip(bounds[:-1], bounds[1:], streams):
         with mx.stream(st):
             outs.append(fn(*(b[s:e] for b in arrays)))
+    if isinstance(outs[0], tuple):  # several outputs: concatenated one by one
+        return tuple(mx.concatenate(list(o)) for o in zip(*outs))
     return mx.concatenate(outs)
 
 
@@ -86,6 +95,34 @@ def map_rows(fn, dfn, u: mx.array, split: int = 2) -> mx.array:
         return _by_rows(lambda c, v, r: c * dfn(v, r), cotangent, primals, output, split=split)
 
     return f(u)
+
+
+def row_penalty(fn, dfn, a: mx.array, scale: mx.array | None = None,
+                split: int = 2) -> mx.array:
+    """Per-row sums p_i = sum_j fn(|a_ij| s_j) of 2-D ``a`` -> [rows] (s = ``scale``, or 1).
+
+    One pass computes u = |a| s, r = fn(u), the row sums of r and g = ``dfn(u, r)``; the
+    custom VJP then reads g alone (w = cotangent_i g_ij: da = w s sign(a), ds = sum_i w
+    |a|), so the backward pass repeats no transcendental function and u and r are never
+    stored. Row blocks run over ``split`` CPU streams, as ``map_rows``."""
+    s = mx.ones((a.shape[-1],), a.dtype) if scale is None else scale
+
+    def block(ab, s):
+        u = mx.abs(ab) * s
+        r = fn(u)
+        return r.sum(-1), dfn(u, r)
+
+    @mx.custom_function
+    def f(a, s):
+        return _by_rows(lambda ab: block(ab, s), a, split=split)
+
+    @f.vjp
+    def f_vjp(primals, cotangents, outputs):
+        a, s = primals
+        w = cotangents[0][:, None] * outputs[1]
+        return w * s * mx.sign(a), (w * mx.abs(a)).sum(0)
+
+    return f(a, s)[0]
 
 
 def _block(m: int, k: int) -> int:
@@ -114,7 +151,7 @@ def topk_index(a: mx.array, k: int, split: int = 2) -> mx.array:
     """Indices [rows,k] of the per-row top k of 2-D ``a`` (no gradient; rows split over streams)."""
     a = mx.stop_gradient(a)
     rows = a.shape[0]
-    streams = None if split <= 1 or rows < 2 * split or mx.default_device() != mx.cpu else _cpu_streams(split)
+    streams = None if split <= 1 or rows < 2 * split or mx.default_device() != mx.cpu else cpu_streams(split)
     if streams is None:
         return _topk_index_part(a, k)
     bounds = [rows * i // split for i in range(split + 1)]
@@ -151,7 +188,7 @@ def _global_top(a: mx.array, n_keep: int, split: int = 2) -> mx.array:
     if b == 1:
         return mx.argpartition(a.reshape(-1), n - n_keep)[n - n_keep:]
     blocks = a.reshape(rows, -1, b)
-    streams = _cpu_streams(split) if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu else None
+    streams = cpu_streams(split) if split > 1 and rows >= 2 * split and mx.default_device() == mx.cpu else None
     if streams is not None:
         bd = [rows * i // split for i in range(split + 1)]
         bmax = mx.concatenate([blocks[s:e].max(axis=-1, stream=st)
@@ -251,7 +288,7 @@ def _weight_grads(x, b_enc, W_dec, tok, lat, vals, g_pre, g_y):
     order = mx.argsort(lat)
     segs = _segments(lat, W_dec.shape[0])
     t = tok[order]
-    dec_s, enc_s = ((_cpu_streams(2) if mx.default_device() == mx.cpu else None)
+    dec_s, enc_s = ((cpu_streams(2) if mx.default_device() == mx.cpu else None)
                     or (mx.default_stream(mx.default_device()),) * 2)
     with mx.stream(dec_s):
         g_dec = mx.segmented_mm(vals[order][None], g_y[t], segs)[:, 0, :]

@@ -24,8 +24,12 @@ Evaluation (``evaluate_crosscoder``): FVU per site and over all sites, L0, dead 
 Why the summed norms matter in practice: at a large lambda a feature shared by every site
 sheds its weakest site (in ``tests/sae/test_crosscoder.py``'s synthetic data, lambda = 1
 turned a true share of 0.20 into 0.06; lambda = 0.3 kept every share within 0.06).
-Not supported here: jumprelu / gated / matryoshka activations, dead-latent resampling,
-the sparse decoder; ``sae.evaluate`` and the attribution replacement model take SAEs,
+  6. TopK / BatchTopK at width >= max(4096, 96 k) (where the single-site TopK's "auto"
+     decoder picks it) train on the active (token, latent) pairs only: the same loss and
+     gradients as the dense [B, m] path (``sae.ops.sparse_pairs`` on the [L*d, m] /
+     [m, L*d] views of the weights; tested against the dense loss).
+Not supported here: jumprelu / gated / matryoshka activations, dead-latent resampling;
+``sae.evaluate`` and the attribution replacement model take SAEs,
 transcoders and CLTs only (use ``evaluate_crosscoder``).
 """
 
@@ -41,7 +45,7 @@ from mlx import nn
 from attribution.sites import Site
 from sae.dictionary import LossContext, _flat
 from sae.errors import ConfigError, EmptyDatasetError, ShapeMismatchError
-from sae.ops import batch_topk, topk_relu
+from sae.ops import batch_topk, batch_topk_pairs, sparse_pairs, topk_pairs, topk_relu
 
 CROSSCODER_ARCHS = ("relu", "topk", "batchtopk")
 
@@ -182,6 +186,42 @@ class Crosscoder(nn.Module):
         same = ys is xs or (not isinstance(ys, mx.array) and len(ys) == len(xs)
                             and all(a is b for a, b in zip(xs, ys)))
         y = x if same else self._concat(ys)  # the trainer passes the same arrays twice
+        if self.uses_pairs:
+            return self._pair_loss(x, y, ctx)
+        return self._dense_loss(x, y, ctx)
+
+    @property
+    def uses_pairs(self) -> bool:
+        """TopK / BatchTopK train on the active (token, latent) pairs (module docstring, 6)
+        at the widths where the single-site TopK's ``decoder="auto"`` picks them."""
+        act, k = self.hparams["activation"], self.hparams.get("k")
+        return act in ("topk", "batchtopk") and self.width >= 4096 and self.width >= 96 * k
+
+    def _pair_loss(self, x, y, ctx: LossContext) -> tuple[mx.array, dict]:
+        """The dense loss's value and gradients from the active pairs (``sae.ops``)."""
+        L, d, m = self.n_sites, self.d_in, self.width
+        W_enc = self.W_enc.reshape(L * d, m)
+        pre = x @ W_enc + self.b_enc  # differentiable only for AuxK; the pairs read a copy
+        sg = mx.stop_gradient(pre)
+        if self.hparams["activation"] == "topk":
+            tok, lat, pre_p = topk_pairs(sg, self.hparams["k"])
+            stats = {}
+        else:
+            tok, lat, pre_p = batch_topk_pairs(sg, self.hparams["k"] * x.shape[0])
+            stats = {"batch_threshold": mx.maximum(pre_p.min(), 0)}
+        vals, dec = sparse_pairs(x, W_enc, self.b_enc, self.W_dec.reshape(m, L * d), tok, lat,
+                                 pre_p)
+        y_hat = dec + self.b_dec.reshape(L * d)
+        r = y - y_hat
+        mse = (r * r).sum(-1).mean()
+        aux = self.aux_loss(pre, y, y_hat, ctx)
+        on = mx.stop_gradient(vals > 0).astype(mx.float32)
+        hits = mx.zeros((m,), mx.float32).at[lat.reshape(-1)].add(on.reshape(-1))
+        stats = dict(stats, mse=mse, sparsity=mx.array(0.0), aux=aux, l0=on.sum() / x.shape[0],
+                     fired=hits > 0)
+        return mse + aux, stats
+
+    def _dense_loss(self, x, y, ctx: LossContext) -> tuple[mx.array, dict]:
         pre = self._pre(x)
         f, stats = self.train_activation(pre)
         y_hat = self._dec(f)

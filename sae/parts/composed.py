@@ -35,6 +35,7 @@ from sae.errors import ConfigError, ShapeMismatchError, UnknownArchitectureError
 from sae.parts.encoders import LinearEncoder
 from sae.parts.recipe import Recipe
 from sae.parts.registry import KINDS
+from sae.parts.separable import row_separable
 from sae.parts.sparse import check_sparse, sparse_loss
 
 
@@ -152,6 +153,15 @@ class ComposedDictionary(Dictionary):
         return (self.hparams.get("decoder", "dense") == "sparse"
                 and type(self).loss is ComposedDictionary.loss
                 and self.parts.activation.name != "topk")  # topk pairs: a fixed count
+
+    @property
+    def row_separable(self) -> bool:
+        """Whether the loss is a mean of per-row terms (``sae.parts.separable``), so a step
+        may split its batch: the dense loss of whitelisted parts only (the pair path reads
+        the host per batch and runs eagerly; TopK / BatchTopK have their own loss)."""
+        return (type(self).loss is ComposedDictionary.loss
+                and self.hparams.get("decoder", "dense") == "dense"
+                and row_separable(self.recipe))
 
     def loss(self, x: mx.array, y: mx.array, ctx: LossContext):
         # decoder="sparse" (checked at construction, ``sae.parts.sparse.unsupported``): the

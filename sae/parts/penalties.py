@@ -16,8 +16,10 @@ eps keeps the gradient of the concave penalties finite at a = 0.
 The concave and smooth penalties (2-5) give rho and, optionally, ``drho(u, r)``: the derivative
 written with r = rho(u) (sqrt: 1 / (2 (r + sqrt(eps))); lp: p (r + eps^p) / (u + eps);
 tanh: c (1 - r^2); cauchy: 2u / (scale^2 + u^2)), so the backward pass over [batch, width]
-repeats no pow / log / tanh; both run on two CPU streams (``sae.ops.map_rows``). A part
-without ``drho`` is differentiated by MLX.
+repeats no pow / log / tanh: on [batch, width] one pass writes rho's row sums and drho
+(``sae.ops.row_penalty``), on the pair path's [P] arrays ``sae.ops.map_rows`` keeps r;
+the costly ones run on row blocks over two CPU streams (inside the trainer's split step,
+one block each). A part without ``drho`` is differentiated by MLX.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from sae.errors import ConfigError
-from sae.ops import heaviside, map_rows
+from sae.ops import heaviside, map_rows, row_penalty
 from sae.parts.base import Part, zero
 from sae.parts.registry import register
 
@@ -62,13 +64,22 @@ class _Elementwise(Part):
     costly = True
     """rho is a transcendental function worth splitting over CPU streams (``map_rows``)."""
 
+    def fns(self, d, ctx):
+        """(rho, drho or None) as functions of u (and r), bound to this step's ``ctx``."""
+        dfn = None if self.drho is None else (lambda v, r: self.drho(v, r, ctx))
+        return (lambda v: self.rho(v, ctx)), dfn
+
     def per_entry(self, d, u, ctx):
         """rho(u) at every entry (also the sparse pair path's penalty, on [P] arrays)."""
-        dfn = None if self.drho is None else (lambda v, r: self.drho(v, r, ctx))
-        return map_rows(lambda v: self.rho(v, ctx), dfn, u, split=2 if self.costly else 1)
+        fn, dfn = self.fns(d, ctx)
+        return map_rows(fn, dfn, u, split=2 if self.costly else 1)
 
     def __call__(self, d, a, pre, ctx):
-        return self.per_entry(d, self.scaled(d, a), ctx).sum(-1).mean()
+        fn, dfn = self.fns(d, ctx)
+        if dfn is None or a.ndim != 2:  # autodiff through rho (e.g. a user's new part)
+            return self.per_entry(d, self.scaled(d, a), ctx).sum(-1).mean()
+        norms = d.decoder_norms() if self.weighted else None
+        return row_penalty(fn, dfn, a, norms, split=2 if self.costly else 1).mean()
 
 
 @register("penalty", "l1")
@@ -125,11 +136,11 @@ class Lp(_Elementwise):
         s = d.parts.schedule.value(progress)
         return self.p_start + (self.p_end - self.p_start) * s
 
-    def per_entry(self, d, u, ctx):
+    def fns(self, d, ctx):
         p = self.p(d, ctx.progress)
         ep = mx.power(mx.array(self.eps), p)
-        return map_rows(lambda v: mx.power(v + self.eps, p) - ep,
-                        lambda v, r: p * (r + ep) / (v + self.eps), u)
+        return (lambda v: mx.power(v + self.eps, p) - ep,
+                lambda v, r: p * (r + ep) / (v + self.eps))
 
 
 @register("penalty", "tanh")

@@ -34,7 +34,7 @@ from sae.errors import ConfigError, FormatError
 CKPT_NAME = "checkpoint.safetensors"
 # Fields that choose how a step executes, not what it computes (up to float rounding of
 # fused kernels); they may change between an interrupted run and its resume.
-EXECUTION_FIELDS = ("compile", "fuse_elementwise")
+EXECUTION_FIELDS = ("compile", "fuse_elementwise", "split_batch")
 
 
 class ResumeMismatchError(ConfigError):

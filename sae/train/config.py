@@ -104,6 +104,14 @@ class TrainConfig:
     fuse_elementwise: bool = True
     """Run the Adam update as one compiled elementwise kernel per tensor (needs a C++ compiler;
     falls back to eager ops without one)."""
+    split_batch: bool = True
+    """On CPU, run each step as two half-batches on two CPU streams with single-threaded
+    BLAS in each, when every dictionary of the run has a row-separable loss
+    (``sae.parts.separable``: the ReLU family, JumpReLU, gated, ProLU, deep, ...) and a
+    batch of at least ``sae.train.trainer.SPLIT_MIN_ENTRIES`` [batch, width] entries. Same
+    gradients up to float rounding (``sae.train.trainee.split_value_and_grad``); dense
+    steps measured 1.09-1.15x faster on 2 cores (d 256, m 4096, batch 4096), because MLX's
+    elementwise kernels are single-threaded. Off: one stream."""
     name: str | None = None
     """Label of this config in sweeps (defaults to kind-arch)."""
     recipe: object = None

@@ -9,16 +9,20 @@ Step (all lazy; no host sync):
   5. metric sums accumulate on device; the host reads them every ``log_every`` steps.
 With a process group (data parallel, see ``sae.train.distributed``) step 1's gradients
 are averaged over ranks before step 2, and the statistics of steps 3-5 are synced.
+With ``streams`` (the trainer's ``split_streams``) step 1 runs on row blocks of the
+batch, one per CPU stream, and combines them as one batch (``split_value_and_grad``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 from mlx import nn
+from mlx.utils import tree_map
 
 from sae.arch import Crosscoder, CrossLayerTranscoder, architecture
 from sae.dictionary import LossContext, _flat, geometric_median
@@ -140,14 +144,17 @@ def _trainable(d) -> dict:
     return _flat(d.trainable_parameters())
 
 
-def make_step(t: Trainee, group=None):
-    """The per-step update of one trainee (optionally ``mx.compile``d); ``group``: data parallel."""
+def make_step(t: Trainee, group=None, streams=None):
+    """The per-step update of one trainee (optionally ``mx.compile``d); ``group``: data
+    parallel; ``streams``: CPU streams to split the batch over (``split_value_and_grad``)."""
     d, cfg = t.dictionary, t.cfg
 
     def loss_fn(x, y, coef, dead, use_aux, progress):
         return d.loss(x, y, LossContext(coef, dead, use_aux, progress))
 
     vg = nn.value_and_grad(d, loss_fn)
+    if streams:
+        vg = split_value_and_grad(vg, streams)
     eager = getattr(d, "needs_eager_step", False)  # sparse pair loss: a host sync per step
     fuse = cfg.fuse_elementwise and (eager or not cfg.compile) and adam.can_fuse()
 
@@ -180,6 +187,38 @@ def make_step(t: Trainee, group=None):
         return step
     state = [d.state, t.opt]
     return mx.compile(step, inputs=state, outputs=state)
+
+
+def split_value_and_grad(vg, streams):
+    """``vg`` on row blocks of the batch, one per CPU stream, combined as one batch.
+
+    For a row-separable loss (``sae.parts.separable``; the trainer checks) the batch loss
+    and gradients are the size-weighted means of the blocks' (exact up to float
+    rounding), as in data-parallel training over ranks; statistics are weighted means too,
+    and ``fired`` masks OR-ed. Why: MLX's elementwise CPU kernels run on one thread, and
+    over [batch, width] they are a third or more of a dense step; on two streams (with BLAS
+    single-threaded in each, which the trainer arranges) they use both cores."""
+
+    def split(x, y, coef, dead, use_aux, progress):
+        n = x.shape[0]
+        bounds = [n * i // len(streams) for i in range(len(streams) + 1)]
+        outs = []
+        for s, e, st in zip(bounds[:-1], bounds[1:], streams):
+            with mx.stream(st):
+                outs.append((e - s, vg(x[s:e], y[s:e], coef, dead, use_aux, progress)))
+        w = [mx.array(k / n, mx.float32) for k, _ in outs]
+        loss = sum(wi * o[0][0] for wi, (_, o) in zip(w, outs))
+        stats = {}
+        for key, v in outs[0][1][0][1].items():
+            vals = [o[0][1][key] for _, o in outs]
+            if v.dtype == mx.bool_:
+                stats[key] = functools.reduce(mx.logical_or, vals)
+            else:
+                stats[key] = sum(wi * a for wi, a in zip(w, vals)).astype(v.dtype)
+        grads = tree_map(lambda *g: sum(wi * gi for wi, gi in zip(w, g)), *[o[1] for _, o in outs])
+        return (loss, stats), grads
+
+    return split
 
 
 def _unflat(flat: dict) -> dict:

@@ -12,7 +12,10 @@
 3. Each step: check the batch is finite on the host (raise ``NonFiniteError`` with
    the step, before any update, keeping the last checkpoint), scale it, run every
    trainee's step (LR: warm-up then linear decay over the last ``decay_frac``;
-   sparsity coefficient warm-up), then ``mx.eval`` the new state (no host reads).
+   sparsity coefficient warm-up), then ``mx.eval`` the new state (no host reads). On
+   CPU, when every dictionary's loss is row-separable (``split_streams``), each step runs
+   its two half-batches on two CPU streams with the BLAS at one thread per stream
+   (restored after each step), and combines them as one batch.
 4. Every ``log_every`` steps read the metric sums, log a JSONL row, call the
    progress callback, switch AuxK on when latents are dead (checked also every
    dead_tokens // batch_tokens steps when that is shorter), resample if asked.
@@ -33,16 +36,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from attribution import set_blas_threads
 from attribution.allocator import keep_freed_memory
 from sae.data.source import ArraySource
 from sae.errors import ConfigError, EmptyDatasetError, NonFiniteError
 from sae.evaluate import dead_fraction
+from sae.ops import cpu_streams
 from sae.train.checkpoint import (
     check_resume,
     check_scales,
@@ -238,7 +244,8 @@ def _next_batch(it, group, step: int, what: str = "ran out"):
 def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_path, ckpt_dir,
          ckpt_every, group=None, extra=None):
     total, history = c0.steps, []
-    steps = [make_step(t, group) for t in trainees]
+    streams = split_streams(trainees, group)
+    steps = [make_step(t, group, streams) for t in trainees]
     # AuxK's switch is checked at least once per dead window, not only at log steps: with
     # log_every >= the run length it never came on (a training choice must not hang on a
     # logging cadence); deterministic in the step, so resumes agree
@@ -256,7 +263,12 @@ def _run(trainees, first, batches, scales, start, use_aux, c0, callback, log_pat
         for step in range(start, total):
             raw = _next_batch(it, group, step)
             batch = {s: mx.array(a * scales[s]) for s, a in raw.items()}
-            _step_all(trainees, steps, batch, step, total, use_aux)
+            prev = set_blas_threads(1) if streams else None  # one per stream (split_streams)
+            try:
+                _step_all(trainees, steps, batch, step, total, use_aux)
+            finally:
+                if prev is not None:
+                    set_blas_threads(prev)
             n_in_interval += 1
             done = step + 1
             for t in trainees:  # before the checkpoint, so a resume sees the resampled state
@@ -340,6 +352,31 @@ def _gathered(batch: dict, group) -> dict:
     if group is None:
         return batch
     return {s: mx.distributed.all_gather(a, group=group) for s, a in batch.items()}
+
+
+SPLIT_MIN_ENTRIES = 1 << 22
+"""Smallest batch_tokens x width (of the narrowest dictionary) whose steps split over two
+streams: below it the blocks' fixed costs outweigh the second core (``split_streams``)."""
+
+
+def split_streams(trainees, group=None) -> list | None:
+    """Two CPU streams when this run's steps split their batch (``TrainConfig.split_batch``),
+    else None: single process on the CPU device, at least two cores, every dictionary
+    row-separable and asking for it, a big enough batch, and a BLAS whose thread count
+    can be set (two streams sharing one multi-threaded BLAS pool gain nothing)."""
+    if group is not None or mx.default_device() != mx.cpu or (os.cpu_count() or 1) < 2:
+        return None
+    if not all(t.cfg.split_batch and getattr(t.dictionary, "row_separable", False)
+               for t in trainees):
+        return None
+    rows = trainees[0].cfg.batch_tokens
+    if rows < 64 or rows * min(t.dictionary.width for t in trainees) < SPLIT_MIN_ENTRIES:
+        return None
+    prev = set_blas_threads(1)
+    if prev is None:
+        return None
+    set_blas_threads(prev)
+    return cpu_streams(2)  # None off the thread that owns the streams (sae.ops)
 
 
 def _step_all(trainees, steps, batch, step: int, total: int, use_aux) -> None:

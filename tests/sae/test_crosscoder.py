@@ -7,6 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx import nn
+from mlx.utils import tree_flatten
 
 import sae  # noqa: F401  (BLAS preload before mlx)
 from attribution.sites import Site
@@ -137,6 +138,32 @@ def test_loss_and_gradients_match_numpy_finite_differences(activation, aux):
             fd[i] = (_np_loss(hi, xs, activation, 2, coef, dead, e_fixed=e_fixed)[0]
                      - _np_loss(lo, xs, activation, 2, coef, dead, e_fixed=e_fixed)[0]) / (2 * eps)
         np.testing.assert_allclose(g, fd, rtol=2e-3, atol=2e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_pair_path_equals_dense_loss(activation):
+    """The active-pair loss (used at width >= 4096) against the dense one, which the
+    numpy finite-difference test above checks: value, statistics and every gradient."""
+    L, d, m, B = 3, 8, 64, 32
+    cc = _random_cc(activation, d=d, m=m, L=L, k=5)
+    assert not cc.uses_pairs  # small: dense
+    assert Crosscoder(d, 4096, L, sites=SITES[:L], activation=activation, k=25).uses_pairs
+    assert not Crosscoder(d, 4096, L, sites=SITES[:L], activation="relu").uses_pairs
+    rng = np.random.default_rng(3)
+    x = mx.array(rng.standard_normal((B, L * d)).astype(np.float32))
+    dead = mx.array(rng.random(m) < 0.5)
+    ctx = LossContext(mx.array(0.0), dead, True)
+    out = {}
+    for name, fn in (("dense", cc._dense_loss), ("pairs", cc._pair_loss)):
+        (loss, stats), grads = nn.value_and_grad(cc, lambda a: fn(a, a, ctx))(x)
+        out[name] = (float(loss), {k: np.array(v) for k, v in stats.items()},
+                     {k: np.array(v) for k, v in tree_flatten(grads)})
+    (l_d, s_d, g_d), (l_p, s_p, g_p) = out["dense"], out["pairs"]
+    assert s_d["aux"] > 0 and l_p == pytest.approx(l_d, rel=1e-5)
+    for k in s_d:
+        np.testing.assert_allclose(s_p[k], s_d[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for k in g_d:
+        np.testing.assert_allclose(g_p[k], g_d[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 # ------------------------------------------------------------- synthetic recovery ----
